@@ -1,0 +1,65 @@
+"""The fused in-place Adam step: fastvae.cpu.adam vs NumPy in-place array operations.
+
+bytes per call (float32, 4 bytes/element, P parameters): reads param, grad, m, v and writes param,
+m, v: 4 * 7 P. NumPy makes several passes with temporaries, so it moves more than that.
+P = 652,824: the 784-400-20 VAE (784*400+400 + 2*(400*20+20) + 20*400+400 + 400*784+784), all in
+one flat buffer as the model keeps them.
+Also test_parallel_vs_serial: the prange kernel against the serial one (the "numpy" column holds
+the serial kernel in those rows): sets adam.PARALLEL_MIN.
+"""
+import numpy as np
+import pytest
+
+import common
+from fastvae.cpu import adam
+
+P_VAE = 784 * 400 + 400 + 2 * (400 * 20 + 20) + 20 * 400 + 400 + 400 * 784 + 784
+LR, B1, B2, EPS = 1e-3, 0.9, 0.999, 1e-8
+
+
+def numpy_adam(param, grad, m, v, step, tmp):
+    """In-place NumPy: m, v, param updated with out= arguments; one temporary buffer."""
+    m *= B1
+    m += np.multiply(grad, 1 - B1, out=tmp)
+    v *= B2
+    np.multiply(grad, grad, out=tmp)
+    tmp *= 1 - B2
+    v += tmp
+    np.multiply(v, 1 / (1 - B2 ** step), out=tmp)
+    np.sqrt(tmp, out=tmp)
+    tmp += EPS
+    np.divide(m, tmp, out=tmp)
+    tmp *= LR / (1 - B1 ** step)
+    param -= tmp
+
+
+def make_case(p, seed=0):
+    rng = np.random.default_rng(seed)
+    param, grad, m = (rng.standard_normal(p).astype(np.float32) for _ in range(3))
+    v = (rng.random(p) * 0.01).astype(np.float32)
+    return param, grad, m, v
+
+
+@pytest.mark.parametrize("p", [P_VAE, 4 * P_VAE])
+def test_adam(benchmark, p):
+    param, grad, m, v = make_case(p)
+    # correctness: one step each from the same state
+    a, b = [x.copy() for x in (param, m, v)], [x.copy() for x in (param, m, v)]
+    adam.adam_update(a[0], grad, a[1], a[2], 7, LR, B1, B2, EPS)
+    numpy_adam(b[0], grad, b[1], b[2], 7, np.empty_like(param))
+    for got, want in zip(a, b):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    tmp = np.empty_like(param)
+    common.run_pair(benchmark, lambda: adam.adam_update(param, grad, m, v, 7, LR, B1, B2, EPS),
+                    lambda: numpy_adam(param, grad, m, v, 7, tmp), op="adam step",
+                    size=(p,), dtype=np.float32, nbytes=4 * 7 * p)
+
+
+@pytest.mark.parametrize("p", [1 << 12, 1 << 14, 1 << 15, 1 << 16, 1 << 18, P_VAE])
+def test_parallel_vs_serial(benchmark, p):
+    param, grad, m, v = make_case(p, seed=1)
+    f = np.float32
+    scalars = (f(LR), (f(B1), f(1 - B1)), (f(B2), f(1 - B2)), f(EPS), f(1.0), f(1.0), p)
+    common.run_pair(benchmark, lambda: adam.adam_kernel_parallel(param, m, v, grad, *scalars),
+                    lambda: adam.adam_kernel(param, m, v, grad, *scalars),
+                    op="adam prange vs serial", size=(p,), dtype=np.float32, nbytes=4 * 7 * p)

@@ -1,0 +1,65 @@
+"""One fused, in-place Adam step on the CPU (Kingma & Ba 2015, with bias correction).
+
+    m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2
+    param <- param - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+
+One pass reads param, grad, m, v and writes param, m, v (7 arrays' worth of traffic per element);
+the model keeps every parameter in one flat buffer, so one call updates the whole model. The bias
+corrections are computed once per call in float64 and passed in as reciprocals. Elementwise math
+runs in the parameter dtype (float32: 8 AVX2 lanes), as the reference does.
+"""
+import numpy as np
+from numba import prange
+
+from fastvae.cpu._numba import jit, jit_parallel
+
+# Elements per parallel chunk, and the size from which the chunks run in parallel.
+# 2 threads vs 1, float32, in place (bench_adam.py): see the report; 2^16 = 64K elements.
+CHUNK = 1 << 14
+PARALLEL_MIN = 1 << 16
+
+
+@jit
+def _adam_span(param, m, v, grad, lr, beta1, beta2, eps, inv_bc1, inv_bc2, start, stop):
+    # param, m, v, grad (P,); scalars in the array dtype, beta1/beta2 = (b, 1 - b) pairs;
+    # updates [start, stop) in place
+    # math: fastvae/_reference.py::adam_update
+    b1, c1 = beta1
+    b2, c2 = beta2
+    for i in range(start, stop):
+        g = grad[i]
+        mi = b1 * m[i] + c1 * g
+        vi = b2 * v[i] + c2 * g * g
+        m[i] = mi
+        v[i] = vi
+        param[i] = param[i] - lr * (mi * inv_bc1) / (np.sqrt(vi * inv_bc2) + eps)
+
+
+@jit
+def adam_kernel(param, m, v, grad, lr, beta1, beta2, eps, inv_bc1, inv_bc2, n):
+    # param, m, v (P,) updated in place; grad (P,)
+    _adam_span(param, m, v, grad, lr, beta1, beta2, eps, inv_bc1, inv_bc2, 0, n)
+
+
+@jit_parallel
+def adam_kernel_parallel(param, m, v, grad, lr, beta1, beta2, eps, inv_bc1, inv_bc2, n):
+    # as adam_kernel, prange over chunks of CHUNK elements
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        _adam_span(param, m, v, grad, lr, beta1, beta2, eps, inv_bc1, inv_bc2, c * CHUNK,
+                   min(n, (c + 1) * CHUNK))
+
+
+def adam_update(param, grad, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
+    """One Adam step, in place on param, m, v (same shape and dtype as grad, C-contiguous; any
+    number of dimensions: flat views are updated). step = t >= 1. Returns None."""
+    arrays = (param, m, v, grad)
+    if not all(a.flags.c_contiguous for a in arrays):   # then reshape(-1) is a view, not a copy
+        raise ValueError("adam_update needs C-contiguous arrays (it updates them in place)")
+    flat = [a.reshape(-1) for a in arrays]
+    dtype = param.dtype.type
+    inv_bc1 = 1.0 / (1.0 - beta1 ** step)     # float64, once per call, then rounded to dtype
+    inv_bc2 = 1.0 / (1.0 - beta2 ** step)
+    n = flat[0].shape[0]
+    kernel = adam_kernel_parallel if n >= PARALLEL_MIN else adam_kernel
+    kernel(*flat, dtype(lr), (dtype(beta1), dtype(1.0 - beta1)),
+           (dtype(beta2), dtype(1.0 - beta2)), dtype(eps), dtype(inv_bc1), dtype(inv_bc2), n)

@@ -1,0 +1,260 @@
+"""Fused dense layer on the CPU: ``y = act(x @ W + b)`` and its backward.
+
+Forward: one BLAS GEMM written straight into the output array, then ONE in-place pass over it that
+adds the bias and applies the activation (``dense_bias_act_kernel``).
+Backward: ONE pass over ``dy`` that forms ``da = dy * act'(a)`` and the bias gradient
+``db = sum_n da`` together (``dense_act_grad_kernel``), then the two GEMMs
+``dx = da @ W.T`` and ``dW = x.T @ da``.
+
+The pre-activation ``a`` is not stored: ``act'(a)`` is recomputed from the output ``y``:
+relu ``[y > 0]``, tanh ``1 - y^2``, sigmoid ``y (1 - y)``, softplus ``sigmoid(a) = -expm1(-y)``
+(``exp(-softplus(a)) = 1 - sigmoid(a)``).
+
+Shapes: x (N, I), W (I, O), b (O,), y (N, O). Inputs arrive validated (fastvae/ops.py):
+C-contiguous, one floating dtype (float32 or float64).
+
+GEMM choice, batch N x (I -> O), float32, 2 threads, GFLOP/s (benchmarks/dev/dense_variants.py):
+
+    N x I x O          numpy @   matmul(out=)   numba np.dot(out)   numba loop (prange)
+    32 x 784 x 400       59         60              58                  20
+    128 x 784 x 400      83         84              83                  24
+    512 x 784 x 400      94         96              95                  24
+    32 x 400 x 20         9          9              10                   7
+    128 x 400 x 20       18         19              20                  13
+    512 x 400 x 20       26         28              28                  17
+
+BLAS wins everywhere that matters (3-4x over the hand-written loop on the big layer); numba's
+np.dot (scipy's OpenBLAS) ties with NumPy's, so the GEMM is ``np.matmul(x, W, out=y)`` from the
+launcher (no extra allocation, no dependency on scipy's BLAS from inside a kernel).
+"""
+import math
+
+import numpy as np
+from numba import njit, types
+from numba.extending import overload
+
+from ._numba import jit
+
+# Activation codes: the kernels take an int, so there is one compiled signature per dtype.
+IDENTITY, RELU, TANH, SOFTPLUS, SIGMOID = 0, 1, 2, 3, 4
+ACTIVATION_CODES = {"identity": IDENTITY, "relu": RELU, "tanh": TANH, "softplus": SOFTPLUS,
+                    "sigmoid": SIGMOID}
+
+# Threads: the row passes are serial. Each one runs between two OpenBLAS calls, and on this
+# 2-core machine a numba prange there fights OpenBLAS's spinning threads (and GOMP's spin
+# after it): TODO numbers.
+
+
+# ---------------------------------------------------------------------------------------------
+# exp / expm1 / log1p for the activations
+# ---------------------------------------------------------------------------------------------
+# numba calls scalar libm for math.exp/tanh/log1p, so a loop over them does not vectorize: 10-28
+# ns per element on this machine (sigmoid, tanh, softplus), about as long as the GEMM of a
+# 400 -> 784 layer. For float32 arrays the helpers below instead run branch-free float64
+# arithmetic that LLVM vectorizes; accurate to ~1e-9 relative, far below float32's 6e-8.
+# float64 arrays keep libm (exact to the last bits). The dispatch happens at compile time on the
+# dtype of `like` (an array of the kernel); inline="always" puts the code into the loop body.
+# Taylor coefficients 1/k!, k = 10 .. 2, for Horner's rule
+_C10, _C9, _C8, _C7, _C6 = 1 / 3628800, 1 / 362880, 1 / 40320, 1 / 5040, 1 / 720
+_C5, _C4, _C3, _C2 = 1 / 120, 1 / 24, 1 / 6, 1 / 2
+
+
+@njit(inline="always")   # numba-IR inlining, so the loops around it still vectorize
+def _f32_expm1_poly(r):
+    # expm1(r) to r^10: truncation < 4e-12 relative at |r| = 104/256, < 1e-17 for |r| < 0.12
+    q = ((((((((_C10 * r + _C9) * r + _C8) * r + _C7) * r + _C6) * r + _C5) * r + _C4) * r
+          + _C3) * r + _C2) * r
+    return (q + 1.0) * r
+
+
+def _f32_exp_nonpos(x, like):
+    # exp(x) for x <= 0 as exp(x / 256)^256: 8 squarings multiply relative errors by 256.
+    # exp(-104) rounds to 0 in float32, so the clamp changes no result (np.maximum keeps NaN).
+    r = np.maximum(x, -104.0) * (1.0 / 256.0)
+    e = _f32_expm1_poly(r) + 1.0
+    e = e * e
+    e = e * e
+    e = e * e
+    e = e * e
+    e = e * e
+    e = e * e
+    e = e * e
+    e = e * e
+    return e
+
+
+def _f32_expm1_nonpos(x, like):
+    # expm1(x) for x <= 0 by the doubling expm1(2r) = q (2 + q) from q = expm1(x / 256):
+    # no cancellation for small |x|, and relative errors do not grow for q in [-1, 0].
+    q = _f32_expm1_poly(np.maximum(x, -104.0) * (1.0 / 256.0))
+    q = q * (2.0 + q)
+    q = q * (2.0 + q)
+    q = q * (2.0 + q)
+    q = q * (2.0 + q)
+    q = q * (2.0 + q)
+    q = q * (2.0 + q)
+    q = q * (2.0 + q)
+    q = q * (2.0 + q)
+    return q
+
+
+def _f32_log1p_unit(x, like):
+    # log1p(x) for x in [0, 1] as 2 atanh(u), u = x / (2 + x) <= 1/3; odd series to u^21
+    # (truncation < 2e-12 relative)
+    u = x / (2.0 + x)
+    v = u * u
+    s = (((((((((1 / 21 * v + 1 / 19) * v + 1 / 17) * v + 1 / 15) * v + 1 / 13) * v + 1 / 11)
+             * v + 1 / 9) * v + 1 / 7) * v + 1 / 5) * v + 1 / 3) * v + 1.0
+    return 2.0 * u * s
+
+
+def exp_nonpos(x, like):
+    """exp(x) for x <= 0 or NaN; in kernels, vectorizable when ``like`` is a float32 array."""
+    return math.exp(x)
+
+
+def expm1_nonpos(x, like):
+    """expm1(x) for x <= 0 or NaN; in kernels, vectorizable when ``like`` is a float32 array."""
+    return math.expm1(x)
+
+
+def log1p_unit(x, like):
+    """log1p(x) for x in [0, 1] or NaN; in kernels, vectorizable when ``like`` is float32."""
+    return math.log1p(x)
+
+
+def _by_dtype(f32_impl, libm_impl):
+    def choose(x, like):
+        if isinstance(like, types.Array) and like.dtype == types.float32:
+            return f32_impl
+        return libm_impl
+    return choose
+
+
+overload(exp_nonpos, inline="always")(_by_dtype(_f32_exp_nonpos, exp_nonpos))
+overload(expm1_nonpos, inline="always")(_by_dtype(_f32_expm1_nonpos, expm1_nonpos))
+overload(log1p_unit, inline="always")(_by_dtype(_f32_log1p_unit, log1p_unit))
+
+
+# ---------------------------------------------------------------------------------------------
+# kernels
+# ---------------------------------------------------------------------------------------------
+@jit
+def _bias_act_row(y, b, i, act, O):
+    # y (N, O) holds x @ W on entry; row i becomes act(y[i] + b). One loop per activation so the
+    # branch is outside the inner loop (relu/identity vectorize).
+    if act == IDENTITY:
+        for j in range(O):
+            y[i, j] = y[i, j] + b[j]
+    elif act == RELU:
+        for j in range(O):
+            a = y[i, j] + b[j]
+            y[i, j] = a if not (a <= 0) else 0   # NaN stays NaN ("a if a > 0" would give 0)
+    elif act == TANH:   # tanh(|a|) = -q / (2 + q), q = expm1(-2|a|): no cancellation near 0
+        for j in range(O):
+            a = y[i, j] + b[j]
+            q = expm1_nonpos(-2.0 * abs(a), y)
+            t = -q / (2.0 + q)
+            y[i, j] = t if a >= 0 else -t
+    elif act == SOFTPLUS:   # max(a, 0) + log1p(exp(-|a|)); NaN -> NaN through the log1p term
+        for j in range(O):
+            a = y[i, j] + b[j]
+            y[i, j] = (a if a > 0 else 0.0) + log1p_unit(exp_nonpos(-abs(a), y), y)
+    else:  # SIGMOID: 1 / (1 + e) for a >= 0, e / (1 + e) below, e = exp(-|a|) <= 1 never overflows
+        for j in range(O):
+            a = y[i, j] + b[j]
+            e = exp_nonpos(-abs(a), y)
+            y[i, j] = (1.0 if a >= 0 else e) / (1.0 + e)   # NaN: e is NaN
+
+
+@jit
+def dense_bias_act_kernel(y, b, act, N, O):
+    # math: fastvae/_reference.py::dense_forward (after the GEMM). y (N, O) in place, b (O,)
+    for i in range(N):
+        _bias_act_row(y, b, i, act, O)
+
+
+
+@jit
+def _act_grad_rows(da, acc, dy, y, act, start, stop, O):
+    # da[i] = dy[i] * act'(a[i]) for rows start..stop-1, act' from y; acc (O,) float64 += da[i].
+    # Identity: da is dy itself and is not written; only the column sums are formed.
+    # The multiplications keep a NaN/Inf dy as NaN where act' = 0 (like the reference).
+    for i in range(start, stop):
+        if act == IDENTITY:
+            for j in range(O):
+                acc[j] += dy[i, j]
+        elif act == RELU:
+            for j in range(O):
+                g = dy[i, j] * (1.0 if y[i, j] > 0 else 0.0)
+                da[i, j] = g
+                acc[j] += g
+        elif act == TANH:
+            for j in range(O):
+                g = dy[i, j] * ((1.0 - y[i, j]) * (1.0 + y[i, j]))   # 1 - y^2, no y*y rounding
+                da[i, j] = g
+                acc[j] += g
+        elif act == SOFTPLUS:
+            for j in range(O):
+                g = dy[i, j] * -expm1_nonpos(-y[i, j], y)   # sigmoid(a) = 1 - exp(-softplus(a))
+                da[i, j] = g
+                acc[j] += g
+        else:  # SIGMOID
+            for j in range(O):
+                g = dy[i, j] * (y[i, j] * (1.0 - y[i, j]))
+                da[i, j] = g
+                acc[j] += g
+
+
+@jit
+def dense_act_grad_kernel(da, db, dy, y, act, N, O):
+    # math: fastvae/_reference.py::dense_backward (da and db). da, dy, y (N, O); db (O,).
+    # float32 inputs: db accumulates in float64 (cheap next to the GEMMs).
+    acc = np.zeros(O, dtype=np.float64)
+    _act_grad_rows(da, acc, dy, y, act, 0, N, O)
+    for j in range(O):
+        db[j] = acc[j]
+
+
+
+# ---------------------------------------------------------------------------------------------
+# launchers
+# ---------------------------------------------------------------------------------------------
+def _code(activation):
+    try:
+        return ACTIVATION_CODES[activation]
+    except KeyError:
+        raise ValueError(f"activation must be one of {tuple(ACTIVATION_CODES)}, "
+                         f"got {activation!r}") from None
+
+
+def dense_forward(x, W, b, activation):
+    """``y = act(x @ W + b)``: x (N, I), W (I, O), b (O,) -> y (N, O), a new array.
+
+    ``cache = (x, W, y, activation)`` keeps references (no copies) and no pre-activation;
+    the backward reads y, so y must not be modified before it runs.
+    """
+    act = _code(activation)
+    N, O = x.shape[0], W.shape[1]
+    y = np.empty((N, O), dtype=x.dtype)
+    np.matmul(x, W, out=y)   # BLAS sgemm/dgemm straight into y (see the module docstring)
+    dense_bias_act_kernel(y, b, act, N, O)   # serial: see the note on threads above
+    return y, (x, W, y, activation)
+
+
+def dense_backward(dy, cache, need_dx=True):
+    """Backward of ``dense_forward``: dy (N, O) -> (dx (N, I) or None, dW (I, O), db (O,)).
+
+    With ``da = dy * act'(a)`` (act' from the cached y): ``dx = da @ W.T``, ``dW = x.T @ da``,
+    ``db = sum_n da``. Returns new arrays and overwrites nothing (dy and the cache are only
+    read). ``need_dx=False`` skips the dx GEMM (first layer) and returns dx = None.
+    """
+    x, W, y, activation = cache
+    act = _code(activation)
+    N, O = dy.shape
+    da = dy if act == IDENTITY else np.empty_like(dy)   # identity: da is dy, never written
+    db = np.empty(O, dtype=dy.dtype)
+    dense_act_grad_kernel(da, db, dy, y, act, N, O)
+    dW = x.T @ da                           # BLAS with a transposed operand, no copy of x
+    dx = da @ W.T if need_dx else None
+    return dx, dW, db

@@ -1,0 +1,209 @@
+"""Per-row ELBO = log p(x | z) - beta KL(q(z | x) || p(z)) on the CPU: forward, backward, and the
+fused loss-and-gradients pass used by training.
+
+``elbo_loss_and_grads`` reads every row of x, dec_out, mu, logvar once and writes every gradient
+in the same pass: the upstream gradient of ``loss = -mean_n elbo_n`` is the constant -1/N, so no
+row needs its forward value before its backward. Bernoulli shares one exp between softplus and
+sigmoid. Rows run in parallel (prange) above a size threshold.
+
+The Gaussian ``ddec_logvar`` is a sum over rows. It is reduced without atomics: rows are split
+into ``loglik.row_blocks(N)`` blocks (a number that depends on N only), each block adds its rows
+into its own float64 partial row of a (B, D) buffer, and the B partials are added at the end
+(pynndescent style). Serial and parallel runs therefore give bit-identical results.
+
+Numerics as in loglik.py / kl.py: float64 elements and row sums for every input dtype, results
+rounded once to the input dtype; the loss is summed in float64 and returned as a Python float.
+"""
+import numpy as np
+from numba import prange
+
+from fastvae.cpu._numba import jit, jit_parallel
+from fastvae.cpu.kl import kl_backward, kl_row, kl_row_and_backward
+from fastvae.cpu.loglik import (
+    LOG_2PI, bernoulli_loglik_and_backward_row, bernoulli_loglik_backward, bernoulli_loglik_row,
+    gaussian_inv_var, gaussian_loglik_backward, gaussian_loglik_row, row_blocks)
+
+LIKELIHOODS = ("bernoulli", "gaussian")
+
+# Elements (N * D) above which the row-parallel kernels win, 2 threads, float32 (bench_elbo.py).
+ELBO_BERNOULLI_PARALLEL_MIN_ELEMENTS = 1 << 12
+ELBO_GAUSSIAN_PARALLEL_MIN_ELEMENTS = 1 << 15
+
+
+def _parallel(likelihood, x):
+    if likelihood == "bernoulli":
+        return x.size >= ELBO_BERNOULLI_PARALLEL_MIN_ELEMENTS and x.shape[0] > 1
+    return x.size >= ELBO_GAUSSIAN_PARALLEL_MIN_ELEMENTS and x.shape[0] > 1
+
+
+# ---------------------------------------------------------------------------------------------
+# forward
+# ---------------------------------------------------------------------------------------------
+@jit
+def elbo_bernoulli_forward_kernel(elbo, x, logits, mu, logvar, beta):
+    # elbo (N,); x, logits (N, D); mu, logvar (N, L)
+    # math: fastvae/_reference.py::elbo_forward
+    for n in range(x.shape[0]):
+        elbo[n] = bernoulli_loglik_row(x[n], logits[n]) - beta * kl_row(mu[n], logvar[n])
+
+
+@jit_parallel
+def elbo_bernoulli_forward_kernel_parallel(elbo, x, logits, mu, logvar, beta):
+    # elbo (N,); x, logits (N, D); mu, logvar (N, L)
+    for n in prange(x.shape[0]):
+        elbo[n] = bernoulli_loglik_row(x[n], logits[n]) - beta * kl_row(mu[n], logvar[n])
+
+
+@jit
+def elbo_gaussian_forward_kernel(elbo, x, mean, mu, logvar, dec_logvar, inv_var, beta):
+    # elbo (N,); x, mean (N, D); mu, logvar (N, L); dec_logvar (D,); inv_var (D,) float64
+    # math: fastvae/_reference.py::elbo_forward
+    for n in range(x.shape[0]):
+        elbo[n] = (gaussian_loglik_row(x[n], mean[n], dec_logvar, inv_var)
+                   - beta * kl_row(mu[n], logvar[n]))
+
+
+@jit_parallel
+def elbo_gaussian_forward_kernel_parallel(elbo, x, mean, mu, logvar, dec_logvar, inv_var, beta):
+    # elbo (N,); x, mean (N, D); mu, logvar (N, L); dec_logvar (D,); inv_var (D,) float64
+    for n in prange(x.shape[0]):
+        elbo[n] = (gaussian_loglik_row(x[n], mean[n], dec_logvar, inv_var)
+                   - beta * kl_row(mu[n], logvar[n]))
+
+
+def elbo_forward(x, dec_out, mu, logvar, likelihood="bernoulli", dec_logvar=None, beta=1.0):
+    """``elbo_n = loglik(x_n | dec_out_n) - beta kl(mu_n, logvar_n)``, one pass over the rows.
+
+    x, dec_out (N, D) (logits for Bernoulli, means for Gaussian); mu, logvar (N, L);
+    dec_logvar (D,) for Gaussian -> (elbo (N,), cache).
+    """
+    assert likelihood in LIKELIHOODS, likelihood
+    beta = float(beta)
+    elbo = np.empty(x.shape[0], dtype=x.dtype)
+    parallel = _parallel(likelihood, x)
+    if likelihood == "bernoulli":
+        inv_var = None
+        kernel = elbo_bernoulli_forward_kernel_parallel if parallel else elbo_bernoulli_forward_kernel
+        kernel(elbo, x, dec_out, mu, logvar, beta)
+    else:
+        inv_var = gaussian_inv_var(dec_logvar)
+        kernel = elbo_gaussian_forward_kernel_parallel if parallel else elbo_gaussian_forward_kernel
+        kernel(elbo, x, dec_out, mu, logvar, dec_logvar, inv_var, beta)
+    return elbo, (x, dec_out, mu, logvar, likelihood, dec_logvar, inv_var, beta)
+
+
+# ---------------------------------------------------------------------------------------------
+# backward (composed from the loglik and kl backward kernels)
+# ---------------------------------------------------------------------------------------------
+def elbo_backward(delbo, cache):
+    """-> (ddec_out, dmu, dlogvar) for Bernoulli, (ddec_out, dmu, dlogvar, ddec_logvar) for
+    Gaussian: new arrays (overwrites nothing). ``dmu, dlogvar = kl_backward(-beta delbo)``."""
+    x, dec_out, mu, logvar, likelihood, dec_logvar, inv_var, beta = cache
+    dmu, dlogvar = kl_backward((-beta * delbo).astype(delbo.dtype), (mu, logvar))
+    if likelihood == "bernoulli":
+        return bernoulli_loglik_backward(delbo, (x, dec_out)), dmu, dlogvar
+    ddec_out, ddec_logvar = gaussian_loglik_backward(delbo, (x, dec_out, dec_logvar, inv_var))
+    return ddec_out, dmu, dlogvar, ddec_logvar
+
+
+# ---------------------------------------------------------------------------------------------
+# fused: loss = -mean_n elbo_n and every gradient, one pass
+# ---------------------------------------------------------------------------------------------
+@jit
+def elbo_bernoulli_grads_row(dlogit_row, dmu_row, dlogvar_row, x_row, logit_row, mu_row,
+                             logvar_row, g, beta):
+    """One row of the fused Bernoulli ELBO with upstream ``g``: writes the three gradient rows
+    (overwrites) and returns ``elbo_n`` (float64)."""
+    # math: fastvae/_reference.py::elbo_loss_and_grads
+    ll = bernoulli_loglik_and_backward_row(dlogit_row, g, x_row, logit_row)
+    return ll - beta * kl_row_and_backward(dmu_row, dlogvar_row, -beta * g, mu_row, logvar_row)
+
+
+@jit
+def elbo_bernoulli_loss_grads_kernel(elbo, dlogits, dmu, dlogvar, x, logits, mu, logvar, g,
+                                     beta):
+    # elbo (N,) float64; dlogits (N, D); dmu, dlogvar (N, L); x, logits (N, D); mu, logvar (N, L)
+    for n in range(x.shape[0]):
+        elbo[n] = elbo_bernoulli_grads_row(dlogits[n], dmu[n], dlogvar[n], x[n], logits[n],
+                                           mu[n], logvar[n], g, beta)
+
+
+@jit_parallel
+def elbo_bernoulli_loss_grads_kernel_parallel(elbo, dlogits, dmu, dlogvar, x, logits, mu, logvar,
+                                              g, beta):
+    # elbo (N,) float64; dlogits (N, D); dmu, dlogvar (N, L); x, logits (N, D); mu, logvar (N, L)
+    for n in prange(x.shape[0]):
+        elbo[n] = elbo_bernoulli_grads_row(dlogits[n], dmu[n], dlogvar[n], x[n], logits[n],
+                                           mu[n], logvar[n], g, beta)
+
+
+@jit
+def elbo_gaussian_grads_rows(elbo, dmean, ddec_logvar_acc, dmu, dlogvar, x, mean, mu, logvar,
+                             dec_logvar, inv_var, g, beta, start, stop):
+    """Rows start..stop-1 of the fused Gaussian ELBO with upstream ``g``: writes elbo, dmean, dmu,
+    dlogvar rows (overwrites); ``ddec_logvar_acc[d] += sum_n g (1 - (x - m)^2 inv_var_d)``
+    (accumulates, float64; the caller applies the -1/2)."""
+    # math: fastvae/_reference.py::elbo_loss_and_grads
+    for n in range(start, stop):
+        acc = 0.0   # float64 accumulator, also for float32 rows
+        for d in range(x.shape[1]):
+            diff = np.float64(x[n, d]) - np.float64(mean[n, d])
+            t = diff * inv_var[d]
+            q = diff * t
+            acc += LOG_2PI + np.float64(dec_logvar[d]) + q
+            dmean[n, d] = g * t
+            ddec_logvar_acc[d] += g * (1.0 - q)
+        kl = kl_row_and_backward(dmu[n], dlogvar[n], -beta * g, mu[n], logvar[n])
+        elbo[n] = -0.5 * acc - beta * kl
+
+
+@jit
+def elbo_gaussian_loss_grads_kernel(elbo, dmean, ddec_logvar_partial, dmu, dlogvar, x, mean, mu,
+                                    logvar, dec_logvar, inv_var, g, beta):
+    # elbo (N,) float64; dmean (N, D); ddec_logvar_partial (B, D) float64, zeroed; dmu, dlogvar,
+    # mu, logvar (N, L); x, mean (N, D); dec_logvar (D,); inv_var (D,) float64
+    n_rows, n_blocks = x.shape[0], ddec_logvar_partial.shape[0]
+    for b in range(n_blocks):
+        elbo_gaussian_grads_rows(elbo, dmean, ddec_logvar_partial[b], dmu, dlogvar, x, mean, mu,
+                                 logvar, dec_logvar, inv_var, g, beta,
+                                 b * n_rows // n_blocks, (b + 1) * n_rows // n_blocks)
+
+
+@jit_parallel
+def elbo_gaussian_loss_grads_kernel_parallel(elbo, dmean, ddec_logvar_partial, dmu, dlogvar, x,
+                                             mean, mu, logvar, dec_logvar, inv_var, g, beta):
+    # elbo (N,) float64; dmean (N, D); ddec_logvar_partial (B, D) float64, zeroed; dmu, dlogvar,
+    # mu, logvar (N, L); x, mean (N, D); dec_logvar (D,); inv_var (D,) float64
+    n_rows, n_blocks = x.shape[0], ddec_logvar_partial.shape[0]
+    for b in prange(n_blocks):
+        elbo_gaussian_grads_rows(elbo, dmean, ddec_logvar_partial[b], dmu, dlogvar, x, mean, mu,
+                                 logvar, dec_logvar, inv_var, g, beta,
+                                 b * n_rows // n_blocks, (b + 1) * n_rows // n_blocks)
+
+
+def elbo_loss_and_grads(x, dec_out, mu, logvar, likelihood="bernoulli", dec_logvar=None,
+                        beta=1.0):
+    """``loss = -mean_n elbo_n`` (a Python float) and its gradients, as ``elbo_backward`` returns
+    them for the upstream ``delbo = -1/N``, all in one pass over the rows; new arrays.
+
+    -> (loss, (ddec_out, dmu, dlogvar)) for Bernoulli,
+       (loss, (ddec_out, dmu, dlogvar, ddec_logvar)) for Gaussian.
+    """
+    assert likelihood in LIKELIHOODS, likelihood
+    n = x.shape[0]
+    g, beta = -1.0 / n, float(beta)
+    elbo = np.empty(n)   # float64: the loss is summed in float64
+    ddec_out, dmu, dlogvar = np.empty_like(dec_out), np.empty_like(mu), np.empty_like(logvar)
+    parallel = _parallel(likelihood, x)
+    if likelihood == "bernoulli":
+        kernel = (elbo_bernoulli_loss_grads_kernel_parallel if parallel
+                  else elbo_bernoulli_loss_grads_kernel)
+        kernel(elbo, ddec_out, dmu, dlogvar, x, dec_out, mu, logvar, g, beta)
+        return -float(elbo.sum()) / n, (ddec_out, dmu, dlogvar)
+    partial = np.zeros((row_blocks(n), x.shape[1]))
+    kernel = (elbo_gaussian_loss_grads_kernel_parallel if parallel and partial.shape[0] > 1
+              else elbo_gaussian_loss_grads_kernel)
+    kernel(elbo, ddec_out, partial, dmu, dlogvar, x, dec_out, mu, logvar, dec_logvar,
+           gaussian_inv_var(dec_logvar), g, beta)
+    ddec_logvar = (-0.5 * partial.sum(axis=0)).astype(dec_logvar.dtype)
+    return -float(elbo.sum()) / n, (ddec_out, dmu, dlogvar, ddec_logvar)

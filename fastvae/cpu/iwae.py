@@ -1,0 +1,324 @@
+"""The importance-weighted estimate of log p(x) and the fused log importance weights, on the CPU.
+
+    iwae:        est_n = logsumexp_k(logw_nk) - log K                       (N, K) -> (N,)
+    log_weight:  logw_nk = log p(x_n | z_nk) + log p(z_nk) - log q(z_nk | x_n)
+                 z_nk = mu_n + exp(logvar_n / 2) eps_nk;  log p(z) - log q(z | x) =
+                 -1/2 sum_l (z_l^2 - logvar_l - eps_l^2)  (log 2 pi cancels; eps, not z - mu)
+
+log_weight is one pass per (n, k) pair: the D-term log-likelihood sum and the L-term latent sum,
+without the (N K, D) broadcast of x and the temporaries of the reference. Its backward is one pass
+per row n: ddec_out for every k, then dmu, dlogvar summed over k; for the Gaussian, ddec_logvar is
+summed over all (n, k) in float64 per block of rows (blocks depend on N only, so the serial and the
+parallel kernels give identical results), the blocks added afterwards: no races, no atomics.
+
+Numerics. Elementwise math runs in the input dtype with vectorizable polynomials (``fast_exp``
+from logsumexp.py, ``log1p_unit`` below); sums over d are float32 within blocks of 256 for float32
+inputs and float64 across blocks; latent terms and all sums over k are float64.
+
+The Bernoulli helpers (softplus, sigmoid, log1p) duplicate in spirit fastvae/cpu/loglik.py's
+float64 ones (exp_nonpositive, log1p_unit, softplus, sigmoid); these also have float32 variants
+(8 AVX2 lanes instead of 4). A shared module of vectorizable math functions would serve both.
+"""
+import math
+
+import numba
+import numpy as np
+from numba import prange
+from numba.core import types
+from numba.extending import overload
+
+from fastvae.cpu._numba import FASTMATH, jit, jit_parallel
+from fastvae.cpu.logsumexp import (SUM_BLOCK, fast_exp, jit_ordered, logsumexp_backward,
+                                   logsumexp_forward)
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+# log_weight, pairs (forward) / row blocks (backward) in parallel from N*K*D >= 2^13 on.
+# 2 threads vs 1, float32, Bernoulli (bench_iwae.py): see PARALLEL_MIN note in the report.
+PARALLEL_MIN = 1 << 13
+
+# Backward row blocks for the ddec_logvar column sum: 16 rows per block, at most 64 blocks.
+ROWS_PER_BLOCK = 16
+MAX_BLOCKS = 64
+
+
+# ---------------------------------------------------------------------------------------------
+# iwae estimate
+# ---------------------------------------------------------------------------------------------
+def iwae_forward(logw):
+    """``est_n = logsumexp_k(logw_nk) - log K``: logw (N, K) -> (est (N,), cache).
+
+    ``cache = (logw, lse)`` as logsumexp_forward's: the backward needs lse itself (rebuilding
+    it as est + log K would cost an ulp of |lse| in every weight)."""
+    lse, cache = logsumexp_forward(logw)
+    est = (lse.astype(np.float64) - math.log(logw.shape[1])).astype(logw.dtype)   # N values
+    return est, cache
+
+
+def iwae_backward(dest, cache):
+    """``dlogw_nk = dest_n softmax_k(logw_n)`` (N, K), the normalized importance weights times
+    dest; 0 on an all -inf row. A new array (overwrites nothing)."""
+    return logsumexp_backward(dest, cache)
+
+
+# ---------------------------------------------------------------------------------------------
+# log1p on [0, 1], vectorizable (fdlibm's log kernel, no exponent extraction)
+# ---------------------------------------------------------------------------------------------
+_SQRT2_M1 = 0.41421356237309504880
+_LN2_HI, _LN2_LO = 6.93147180369123816490e-01, 1.90821492927058770002e-10
+# fdlibm e_log.c: R(z) ~ 2 atanh(s) / s - 2 on |s| <= 0.1716, error < 2^-58.45
+_LG = (6.666666666666735130e-01, 3.999999999940941908e-01, 2.857142874366239149e-01,
+       2.222219843214978396e-01, 1.818357216161805012e-01, 1.531383769920937332e-01,
+       1.479819860511658591e-01)
+_F = np.float32
+_LG32 = (_F(2 / 3), _F(2 / 5), _F(2 / 7), _F(2 / 9))   # Taylor; truncation < 1e-9 on |s| < 0.172
+
+
+@jit_ordered
+def log1p_unit_f64(e):
+    """``log1p(e)`` for float64 ``0 <= e <= 1``, within 1 ulp; NaN -> NaN.
+
+    ``1 + e > sqrt 2``: ``log(1 + e) = ln 2 + log(1 + f)``, ``f = (e - 1) / 2``; else ``f = e``;
+    then ``|f| <= sqrt2 - 1``, ``s = f / (2 + f)``, ``log(1 + f) = f - (f^2/2 - s (f^2/2 + R))``.
+    """
+    big = e > _SQRT2_M1
+    f = (e - 1.0) * 0.5 if big else e
+    s = f / (2.0 + f)
+    z = s * s
+    r = _LG[6]
+    for i in range(5, -1, -1):
+        r = r * z + _LG[i]
+    r = r * z
+    hfsq = 0.5 * f * f
+    val = f - (hfsq - s * (hfsq + r))
+    return (val + _LN2_LO) + _LN2_HI if big else val
+
+
+@jit_ordered
+def log1p_unit_f32(e):
+    """``log1p(e)`` for float32 ``0 <= e <= 1``, within 1 ulp of float32; NaN -> NaN."""
+    big = e > _F(_SQRT2_M1)
+    f = (e - _F(1.0)) * _F(0.5) if big else e
+    s = f / (_F(2.0) + f)
+    z = s * s
+    r = ((_LG32[3] * z + _LG32[2]) * z + _LG32[1]) * z + _LG32[0]
+    r = r * z
+    hfsq = _F(0.5) * f * f
+    val = f - (hfsq - s * (hfsq + r))
+    return val + _F(_LN2_HI + _LN2_LO) if big else val
+
+
+def log1p_unit(e):
+    """``log1p(e)`` for ``0 <= e <= 1`` in the dtype of e, inside Numba kernels."""
+    raise NotImplementedError("log1p_unit is only callable from Numba-compiled code")
+
+
+@overload(log1p_unit, jit_options={"fastmath": set(FASTMATH - {"reassoc"})})
+def _log1p_unit_overload(e):
+    if e == types.float32:
+        return lambda e: log1p_unit_f32(e)
+    if e == types.float64:
+        return lambda e: log1p_unit_f64(e)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# row functions (one (n, k) pair; float64 results)
+# ---------------------------------------------------------------------------------------------
+@jit
+def _bernoulli_term(x, l, zero):
+    # x l - softplus(l), softplus(l) = max(l, 0) + log1p(exp(-|l|)); NaN through the log1p
+    return x * l - ((l if l > zero else zero) + log1p_unit(fast_exp(-abs(l))))
+
+
+@jit
+def bernoulli_ll_row(x_row, l_row):
+    """``sum_d x_d l_d - softplus(l_d)`` (float64; dtype blocks of SUM_BLOCK, float64 across)."""
+    # math: fastvae/_reference.py::bernoulli_loglik_forward
+    zero = l_row.dtype.type(0)
+    total = 0.0
+    for j0 in range(0, l_row.shape[0], SUM_BLOCK):
+        block = zero
+        for j in range(j0, min(j0 + SUM_BLOCK, l_row.shape[0])):
+            block += _bernoulli_term(x_row[j], l_row[j], zero)
+        total += block
+    return total
+
+
+@jit
+def _gaussian_term(x, m, iv):
+    r = x - m
+    return r * r * iv
+
+
+@jit
+def gaussian_sq_row(x_row, m_row, inv_var):
+    """``sum_d (x_d - m_d)^2 inv_var_d`` (float64; dtype blocks, float64 across)."""
+    # math: fastvae/_reference.py::gaussian_loglik_forward (the data-dependent part)
+    total = 0.0
+    for j0 in range(0, m_row.shape[0], SUM_BLOCK):
+        block = m_row.dtype.type(0)
+        for j in range(j0, min(j0 + SUM_BLOCK, m_row.shape[0])):
+            block += _gaussian_term(x_row[j], m_row[j], inv_var[j])
+        total += block
+    return total
+
+
+@jit
+def latent_row(mu_row, logvar_row, sigma_row, eps_row):
+    """``log p(z) - log q(z | x) = -1/2 sum_l (z_l^2 - logvar_l - eps_l^2)``, float64."""
+    # math: fastvae/_reference.py::log_weight_forward (log_pz - log_qz)
+    acc = 0.0
+    for j in range(mu_row.shape[0]):
+        e = np.float64(eps_row[j])
+        z = np.float64(mu_row[j]) + sigma_row[j] * e
+        acc += z * z - np.float64(logvar_row[j]) - e * e
+    return -0.5 * acc
+
+
+@jit
+def _log_weight_pair(x, dec_out, mu, logvar, sigma, eps, inv_var, gauss_const, gaussian, i, j):
+    if gaussian:
+        ll = gauss_const - 0.5 * gaussian_sq_row(x[i], dec_out[i, j], inv_var)
+    else:
+        ll = bernoulli_ll_row(x[i], dec_out[i, j])
+    return ll + latent_row(mu[i], logvar[i], sigma[i], eps[i, j])
+
+
+@jit
+def _bernoulli_grad_row(dl_row, g, x_row, l_row):
+    # dl_row = g (x - sigmoid(l)), sigmoid(l) = (l >= 0 ? 1 : e) / (1 + e), e = exp(-|l|)
+    # math: fastvae/_reference.py::bernoulli_loglik_backward
+    one = l_row.dtype.type(1)
+    for d in range(l_row.shape[0]):
+        l = l_row[d]
+        e = fast_exp(-abs(l))
+        dl_row[d] = g * (x_row[d] - (one if l >= 0 else e) / (one + e))
+
+
+@jit
+def _gaussian_grad_row(dm_row, dlv_acc, g, x_row, m_row, inv_var):
+    # dm_row = g (x - m) iv (overwrites); dlv_acc += g (1 - (x - m)^2 iv) (float64, accumulates)
+    # math: fastvae/_reference.py::gaussian_loglik_backward
+    one = m_row.dtype.type(1)
+    for d in range(m_row.shape[0]):
+        t = (x_row[d] - m_row[d]) * inv_var[d]
+        dm_row[d] = g * t
+        dlv_acc[d] += np.float64(g * (one - (x_row[d] - m_row[d]) * t))
+
+
+@jit
+def _log_weight_backward_rows(ddec_out, dmu, dlogvar, dlv_acc, dlogw, x, dec_out, mu, sigma, eps,
+                              inv_var, gaussian, start, stop):
+    # rows start..stop-1; overwrites ddec_out, dmu, dlogvar rows; accumulates into dlv_acc (D,)
+    # math: fastvae/_reference.py::log_weight_backward
+    n_k, n_l = eps.shape[1], eps.shape[2]
+    for i in range(start, stop):
+        for j in range(n_k):
+            g = dlogw[i, j]
+            if gaussian:
+                _gaussian_grad_row(ddec_out[i, j], dlv_acc, g, x[i], dec_out[i, j], inv_var)
+            else:
+                _bernoulli_grad_row(ddec_out[i, j], g, x[i], dec_out[i, j])
+        for t in range(n_l):   # dmu = -sum_k g z; dlogvar = sum_k g (1/2 - z eps sigma / 2)
+            sig, m = sigma[i, t], np.float64(mu[i, t])
+            acc_mu, acc_lv = 0.0, 0.0
+            for j in range(n_k):
+                g, e = np.float64(dlogw[i, j]), np.float64(eps[i, j, t])
+                z = m + sig * e
+                acc_mu -= g * z
+                acc_lv += g * (0.5 - 0.5 * z * e * sig)
+            dmu[i, t] = acc_mu
+            dlogvar[i, t] = acc_lv
+
+
+# ---------------------------------------------------------------------------------------------
+# kernels
+# ---------------------------------------------------------------------------------------------
+@jit
+def log_weight_forward_kernel(logw, x, dec_out, mu, logvar, sigma, eps, inv_var, gauss_const,
+                              gaussian, n, k):
+    # logw (N, K); x (N, D); dec_out (N, K, D); mu, logvar (N, L); sigma (N, L) float64;
+    # eps (N, K, L); inv_var (D,) (Gaussian; empty for Bernoulli); gauss_const float64
+    for p in range(n * k):
+        i, j = p // k, p % k
+        logw[i, j] = _log_weight_pair(x, dec_out, mu, logvar, sigma, eps, inv_var, gauss_const,
+                                      gaussian, i, j)
+
+
+@jit_parallel
+def log_weight_forward_kernel_parallel(logw, x, dec_out, mu, logvar, sigma, eps, inv_var,
+                                       gauss_const, gaussian, n, k):
+    # as log_weight_forward_kernel, prange over the (n, k) pairs
+    for p in prange(n * k):
+        i, j = p // k, p % k
+        logw[i, j] = _log_weight_pair(x, dec_out, mu, logvar, sigma, eps, inv_var, gauss_const,
+                                      gaussian, i, j)
+
+
+@jit
+def log_weight_backward_kernel(ddec_out, dmu, dlogvar, dlv_blocks, dlogw, x, dec_out, mu, sigma,
+                               eps, inv_var, gaussian, n):
+    # ddec_out (N, K, D); dmu, dlogvar (N, L); dlv_blocks (B, D) float64 zeros: block b's sum;
+    # dlogw (N, K); x (N, D); dec_out (N, K, D); mu (N, L); sigma (N, L) float64; eps (N, K, L)
+    n_blocks = dlv_blocks.shape[0]
+    for b in range(n_blocks):
+        _log_weight_backward_rows(ddec_out, dmu, dlogvar, dlv_blocks[b], dlogw, x, dec_out, mu,
+                                  sigma, eps, inv_var, gaussian, b * n // n_blocks,
+                                  (b + 1) * n // n_blocks)
+
+
+@jit_parallel
+def log_weight_backward_kernel_parallel(ddec_out, dmu, dlogvar, dlv_blocks, dlogw, x, dec_out,
+                                        mu, sigma, eps, inv_var, gaussian, n):
+    # as log_weight_backward_kernel, prange over the row blocks
+    n_blocks = dlv_blocks.shape[0]
+    for b in prange(n_blocks):
+        _log_weight_backward_rows(ddec_out, dmu, dlogvar, dlv_blocks[b], dlogw, x, dec_out, mu,
+                                  sigma, eps, inv_var, gaussian, b * n // n_blocks,
+                                  (b + 1) * n // n_blocks)
+
+
+# ---------------------------------------------------------------------------------------------
+# launchers
+# ---------------------------------------------------------------------------------------------
+def log_weight_forward(x, dec_out, mu, logvar, eps, likelihood="bernoulli", dec_logvar=None):
+    """Log importance weights ``logw_nk = log p(x_n | z_nk) + log p(z_nk) - log q(z_nk | x_n)``.
+
+    x (N, D); dec_out (N, K, D) = decoder(z) (logits for "bernoulli", means for "gaussian");
+    mu, logvar (N, L); eps (N, K, L); dec_logvar (D,) for "gaussian" -> (logw (N, K), cache).
+    """
+    n, k, d = dec_out.shape
+    gaussian = likelihood == "gaussian"
+    sigma = np.exp(0.5 * logvar.astype(np.float64))          # (N, L) float64
+    if gaussian:
+        lv = dec_logvar.astype(np.float64)
+        inv_var = np.exp(-lv).astype(x.dtype)                # (D,), rounded once
+        gauss_const = -0.5 * (d * LOG_2PI + float(np.sum(lv)))
+    else:
+        inv_var, gauss_const = np.empty(0, dtype=x.dtype), 0.0
+    logw = np.empty((n, k), dtype=x.dtype)
+    kernel = (log_weight_forward_kernel_parallel if n * k > 1 and n * k * d >= PARALLEL_MIN
+              else log_weight_forward_kernel)
+    kernel(logw, x, dec_out, mu, logvar, sigma, eps, inv_var, gauss_const, gaussian, n, k)
+    return logw, (x, dec_out, mu, sigma, eps, inv_var, gaussian)
+
+
+def log_weight_backward(dlogw, cache):
+    """Gradients of log_weight_forward with eps held fixed (the decoder's own dependence on z is
+    not included): ``(ddec_out (N, K, D), dmu (N, L), dlogvar (N, L))``, plus ``ddec_logvar (D,)``
+    for "gaussian". New arrays (overwrite nothing)."""
+    x, dec_out, mu, sigma, eps, inv_var, gaussian = cache
+    n, k, d = dec_out.shape
+    ddec_out = np.empty_like(dec_out)
+    dmu = np.empty_like(mu)
+    dlogvar = np.empty_like(mu)
+    n_blocks = max(1, min(MAX_BLOCKS, -(-n // ROWS_PER_BLOCK)))
+    dlv_blocks = np.zeros((n_blocks, d if gaussian else 0))   # float64
+    kernel = (log_weight_backward_kernel_parallel if n_blocks > 1 and n * k * d >= PARALLEL_MIN
+              else log_weight_backward_kernel)
+    kernel(ddec_out, dmu, dlogvar, dlv_blocks, dlogw, x, dec_out, mu, sigma, eps, inv_var,
+           gaussian, n)
+    if not gaussian:
+        return ddec_out, dmu, dlogvar
+    return ddec_out, dmu, dlogvar, (-0.5 * dlv_blocks.sum(axis=0)).astype(x.dtype)

@@ -1,0 +1,223 @@
+"""fastvae.cpu.logsumexp against fastvae/_reference.py: one-shot, streaming, backward."""
+import numba
+import numpy as np
+import pytest
+
+from fastvae import _reference as ref
+from fastvae.cpu import logsumexp as lse
+from tests.helpers import assert_close3, check_backward, to32, to64
+
+SHAPES = [(1, 1), (31, 257), (257, 31), (4099, 7), (3, 5000), (64, 1000)]   # last: prange path
+
+
+def _scale(arrays):
+    finite = [np.abs(a[np.isfinite(a)]) for a in arrays]
+    return max([1.0] + [float(f.max()) for f in finite if f.size])
+
+
+def check3(fast, reference, inputs, rtol32=1e-6, rtol64=1e-14, name="out"):
+    """The three-way check in float32, then the float64 kernel against ref64.
+
+    atol = rtol * max(1, max |finite ref64|): errors scale with the magnitude of the values."""
+    out, r32, r64 = fast(*to32(*inputs)), reference(*to32(*inputs)), reference(*to64(*inputs))
+    out, r32, r64 = (x if isinstance(x, tuple) else (x,) for x in (out, r32, r64))
+    scale = _scale(r64)
+    for i, (o, a, b) in enumerate(zip(out, r32, r64)):
+        assert o.dtype == np.float32, f"{name}[{i}]: dtype {o.dtype}"
+        assert_close3(o, a, b, atol=rtol32 * scale, name=f"{name}[{i}] float32")
+    out64 = fast(*to64(*inputs))
+    out64 = out64 if isinstance(out64, tuple) else (out64,)
+    for i, (o, b) in enumerate(zip(out64, r64)):
+        assert o.dtype == np.float64, f"{name}[{i}]: dtype {o.dtype}"
+        assert_close3(o, b, b, atol=rtol64 * scale, name=f"{name}[{i}] float64")
+
+
+def _fast_grad(a, dlse):
+    return lse.logsumexp_backward(dlse, lse.logsumexp_forward(a)[1])
+
+
+def _ref_grad(a, dlse):
+    return ref.logsumexp_backward(dlse, ref.logsumexp_forward(a)[1])
+
+
+def special_rows(k, rng):
+    """Rows of length k covering the reference's special cases and extremes."""
+    base = lambda: rng.standard_normal(k) * 3                            # noqa: E731
+    rows = {"normal": base(), "all -inf": np.full(k, -np.inf)}
+    r = base(); r[rng.random(k) < 0.5] = -np.inf; r[0] = 1.0; rows["some -inf"] = r
+    r = base(); r[k // 2] = np.inf; rows["+inf"] = r
+    r = base(); r[k // 3] = np.nan; rows["nan"] = r
+    r = base(); r[0] = np.inf; r[-1] = np.nan; rows["+inf and nan"] = r
+    r = np.full(k, -np.inf); r[-1] = np.inf; rows["-inf and +inf"] = r
+    rows["around -1e30"] = -1e30 + rng.standard_normal(k)
+    rows["-1e30 spread"] = -1e30 * (1 + rng.random(k))
+    r = base(); r[::2] = 1e4; r[1::2] = -1e4; rows["+-1e4"] = r
+    rows["large"] = 80 + rng.standard_normal(k)            # exp(80) overflows float32
+    rows["one -inf"] = np.where(np.arange(k) == 0, -np.inf, base())
+    # for K > 256 (the kernel's block): a max that grows block by block, -inf blocks first
+    rows["increasing"] = np.linspace(-60, 60, k) + base()
+    rows["decreasing"] = np.linspace(60, -60, k) + base()
+    r = base(); r[:k * 3 // 4] = -np.inf; rows["-inf prefix"] = r
+    r = base(); r[-1] = np.nan; rows["nan last"] = r
+    r = base(); r[-1] = np.inf; rows["+inf last"] = r
+    return rows
+
+
+def extreme_matrix(k, rng, repeat=1):
+    rows = special_rows(k, rng)
+    return np.tile(np.stack(list(rows.values())), (repeat, 1)), list(rows) * repeat
+
+
+# ---------------------------------------------------------------------------------------------
+# forward, partial, finalize, backward on random inputs
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forward_partial_backward(shape):
+    rng = np.random.default_rng(sum(shape))
+    a = rng.standard_normal(shape) * 4
+    check3(lambda x: lse.logsumexp_forward(x)[0], lambda x: ref.logsumexp_forward(x)[0], [a],
+           name="lse")
+    check3(lse.logsumexp_partial, ref.logsumexp_partial, [a], name="partial")
+    dlse = rng.standard_normal(shape[0])
+    check3(_fast_grad, _ref_grad, [a, dlse], name="da")
+
+
+@pytest.mark.parametrize("k, repeat", [(97, 1), (97, 60), (700, 1)])   # 60: the parallel kernels
+def test_special_rows(k, repeat):
+    rng = np.random.default_rng(repeat + k)
+    a, names = extreme_matrix(k, rng, repeat)
+    dlse = rng.standard_normal(a.shape[0])
+    ops = {"lse": lambda x, d: lse.logsumexp_forward(x)[0], "partial": lambda x, d:
+           lse.logsumexp_partial(x), "da": _fast_grad}
+    refs = {"lse": lambda x, d: ref.logsumexp_forward(x)[0], "partial": lambda x, d:
+            ref.logsumexp_partial(x), "da": _ref_grad}
+    for op, fast in ops.items():
+        # the whole matrix in one call (serial or parallel kernel), then checked row by row so
+        # that each row has its own scale (-1e30 rows next to O(1) rows)
+        whole = {dt: fast(a.astype(dt), dlse.astype(dt)) for dt in (np.float32, np.float64)}
+        for i in [*range(len(names) // repeat), a.shape[0] - 1]:
+
+            def row_of_whole(x, d, i=i):
+                out = whole[x.dtype.type]
+                return tuple(o[i:i + 1] for o in out) if isinstance(out, tuple) else out[i:i + 1]
+
+            check3(row_of_whole, refs[op], [a[i:i + 1], dlse[i:i + 1]], name=f"{op} {names[i]}")
+
+
+def test_special_values_exact():
+    for dtype in (np.float32, np.float64):
+        a = np.array([[-np.inf, -np.inf], [1.0, np.inf], [np.nan, 0.0], [np.inf, np.nan]],
+                     dtype=dtype)
+        m, s = lse.logsumexp_partial(a)
+        np.testing.assert_array_equal(m, [-np.inf, np.inf, np.nan, np.nan])
+        np.testing.assert_array_equal(s, [0.0, 1.0, np.nan, np.nan])
+        out, cache = lse.logsumexp_forward(a)
+        np.testing.assert_array_equal(out, [-np.inf, np.inf, np.nan, np.nan])
+        da = lse.logsumexp_backward(np.array([2.0, 1.0, 1.0, 1.0], dtype=dtype), cache)
+        np.testing.assert_array_equal(da, [[0, 0], [0, np.nan], [np.nan, np.nan],
+                                           [np.nan, np.nan]])
+        assert out.dtype == m.dtype == s.dtype == da.dtype == dtype
+
+
+def test_backward_returns_new_array():
+    a = np.random.default_rng(0).standard_normal((5, 9)).astype(np.float32)
+    a_copy = a.copy()
+    out, cache = lse.logsumexp_forward(a)
+    dlse = np.ones(5, np.float32)
+    da = lse.logsumexp_backward(dlse, cache)
+    assert da is not a and not np.shares_memory(da, a)
+    np.testing.assert_array_equal(a, a_copy)
+
+
+# ---------------------------------------------------------------------------------------------
+# streaming: partial per chunk, merge in random order, finalize
+# ---------------------------------------------------------------------------------------------
+def _stream(a, rng, partial, merge, finalize, n_chunks):
+    k = a.shape[1]
+    cuts = np.sort(rng.choice(np.arange(1, k), size=min(n_chunks, k) - 1, replace=False))
+    states = [partial(np.ascontiguousarray(c)) for c in np.split(a, cuts, axis=1)]
+    rng.shuffle(states)
+    while len(states) > 1:   # merge random pairs, so the merge tree is random too
+        i, j = sorted(rng.choice(len(states), size=2, replace=False))
+        merged = merge(*states[i], *states[j])
+        states = [s for t, s in enumerate(states) if t not in (i, j)] + [merged]
+    return finalize(*states[0])
+
+
+@pytest.mark.parametrize("k, n_chunks", [(97, 1), (97, 2), (97, 7), (97, 40), (600, 3)])
+def test_streaming_matches_one_shot(k, n_chunks):
+    rng = np.random.default_rng(n_chunks)
+    special, _ = extreme_matrix(k, rng)
+    normal = rng.standard_normal((30, k)) * 5
+    for a in (normal, special):
+        seed = int(rng.integers(1 << 30))
+
+        def fast(x):
+            return _stream(x, np.random.default_rng(seed), lse.logsumexp_partial,
+                           lse.logsumexp_merge, lse.logsumexp_finalize, n_chunks)
+
+        def reference(x):   # the same chunks and merge order through the reference
+            return _stream(x, np.random.default_rng(seed), ref.logsumexp_partial,
+                           ref.logsumexp_merge, ref.logsumexp_finalize, n_chunks)
+
+        for i in range(a.shape[0]):            # row by row: each row on its own scale
+            row = a[i:i + 1]
+            check3(fast, reference, [row], name=f"stream row {i}")
+            check3(fast, lambda x: ref.logsumexp_forward(x)[0], [row], name=f"one-shot row {i}")
+            for dtype in (np.float32, np.float64):   # and the one-shot kernel itself
+                x = row.astype(dtype)
+                np.testing.assert_allclose(fast(x), lse.logsumexp_forward(x)[0],
+                                           rtol=3e-6 if dtype == np.float32 else 1e-14)
+
+
+STATES = [(-np.inf, 0.0), (np.inf, 1.0), (np.nan, np.nan), (0.5, 1.7), (-3.0, 2.0),
+          (80.0, 1.0), (-1e30, 3.0), (1e4, 1.0), (-1e4, 5.0), (0.5, 1.0)]
+
+
+def test_merge_and_finalize_all_state_pairs():
+    pairs = np.array([[a, b] for a in STATES for b in STATES])   # (pair, side, (m, s))
+    m1, s1, m2, s2 = pairs[:, 0, 0], pairs[:, 0, 1], pairs[:, 1, 0], pairs[:, 1, 1]
+    for i in range(m1.size):   # each pair on its own scale
+        sl = slice(i, i + 1)
+        check3(lse.logsumexp_merge, ref.logsumexp_merge, [m1[sl], s1[sl], m2[sl], s2[sl]],
+               name=f"merge {STATES[i // len(STATES)]} {STATES[i % len(STATES)]}")
+    m = np.array([s[0] for s in STATES])
+    s = np.array([s[1] for s in STATES])
+    for i in range(m.size):
+        check3(lse.logsumexp_finalize, ref.logsumexp_finalize, [m[i:i + 1], s[i:i + 1]],
+               name=f"finalize {STATES[i]}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the reference backward against finite differences
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(1, 1), (4, 7), (3, 50)])
+def test_reference_backward_finite_differences(shape):
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal(shape) * 2
+    check_backward(ref.logsumexp_forward, ref.logsumexp_backward, [a], wrt=(0,), rng=rng)
+
+
+# ---------------------------------------------------------------------------------------------
+# the vectorizable exp against NumPy's in higher precision
+# ---------------------------------------------------------------------------------------------
+@numba.njit
+def _apply_fast_exp(out, x):
+    for i in range(x.size):
+        out[i] = lse.fast_exp(x[i])
+
+
+@pytest.mark.parametrize("dtype, lo, hi", [(np.float32, -87.3, 88.0), (np.float64, -708.3, 709.0)])
+def test_fast_exp_accuracy(dtype, lo, hi):
+    rng = np.random.default_rng(1)
+    x = np.concatenate([np.linspace(lo, hi, 400001), rng.uniform(-20, 0, 200000),
+                        -np.logspace(-30, 0, 1000), [0.0, -0.0]]).astype(dtype)
+    out = np.empty_like(x)
+    _apply_fast_exp(out, x)
+    exact = np.exp(x.astype(np.longdouble if dtype == np.float64 else np.float64))
+    ulps = np.abs(out - exact) / np.spacing(exact.astype(dtype))
+    assert ulps.max() <= 1.1, f"max {ulps.max():.2f} ulp at x={x[np.argmax(ulps)]!r}"
+    special = np.array([-np.inf, np.nan, np.inf, lo - 0.5, -1e30, hi + 0.5, 1e30], dtype=dtype)
+    out = np.empty_like(special)
+    _apply_fast_exp(out, special)
+    np.testing.assert_array_equal(out, [0.0, np.nan, np.inf, 0.0, 0.0, np.inf, np.inf])
