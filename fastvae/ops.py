@@ -115,7 +115,8 @@ def reparam_forward(mu, logvar, eps=None, *, seed=None, offset=0):
 
 def reparam_backward(dz, cache):
     """-> (dmu, dlogvar), each (N, L)."""
-    return cache.module.reparam_backward(_upstream("dz", dz, cache, "reparam"), cache.saved)
+    dz = _upstream("dz", dz, cache, "reparam")
+    return cache.module.reparam_backward(dz, cache.saved)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,7 +132,8 @@ def kl_forward(mu, logvar):
 
 def kl_backward(dkl, cache):
     """dkl (N,) -> (dmu, dlogvar), each (N, L)."""
-    return cache.module.kl_backward(_upstream("dkl", dkl, cache, "kl"), cache.saved)
+    dkl = _upstream("dkl", dkl, cache, "kl")
+    return cache.module.kl_backward(dkl, cache.saved)
 
 
 def bernoulli_loglik_forward(x, logits):
@@ -208,7 +210,8 @@ def elbo_forward(x, dec_out, mu, logvar, *, likelihood="bernoulli", dec_logvar=N
 def elbo_backward(delbo, cache):
     """delbo (N,) -> (ddec_out (N, D), dmu (N, L), dlogvar (N, L)), plus ddec_logvar (D,) for
     the Gaussian likelihood."""
-    return cache.module.elbo_backward(_upstream("delbo", delbo, cache, "elbo"), cache.saved)
+    delbo = _upstream("delbo", delbo, cache, "elbo")
+    return cache.module.elbo_backward(delbo, cache.saved)
 
 
 def elbo_loss_and_grads(x, dec_out, mu, logvar, *, likelihood="bernoulli", dec_logvar=None,
@@ -284,7 +287,8 @@ def iwae_forward(logw):
 
 def iwae_backward(dest, cache):
     """dest (N,) -> dlogw (N, K) = dest * normalized importance weights."""
-    return cache.module.iwae_backward(_upstream("dest", dest, cache, "iwae"), cache.saved)
+    dest = _upstream("dest", dest, cache, "iwae")
+    return cache.module.iwae_backward(dest, cache.saved)
 
 
 def log_weight_forward(x, dec_out, mu, logvar, eps, *, likelihood="bernoulli",

@@ -157,9 +157,10 @@ def _activation_grid(dtype):
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_activation_precision(activation, dtype):
     """The elementwise passes alone (b = 0, no GEMM), elementwise relative error vs float64
-    math on the same inputs: within 1 ulp of the dtype (float32: the vectorized exp/expm1/log1p;
-    float64: libm). Backward: act'(a) from y against the float64 formula on the same y."""
-    eps = np.finfo(dtype).eps
+    math on the same inputs: float32 (the vectorized exp/expm1/log1p) within 1 ulp; float64
+    (libm, against NumPy's own last-bit errors) within 4 ulp. Backward: act'(a) from y against
+    the float64 formula on the same y."""
+    eps = np.finfo(dtype).eps * (1 if dtype == np.float32 else 4)
     tiny = 2 * np.finfo(dtype).smallest_subnormal
     a = _activation_grid(dtype).reshape(1, -1)
     N, O = a.shape
@@ -168,11 +169,13 @@ def test_activation_precision(activation, dtype):
     dense.dense_bias_act_kernel(y, np.zeros(O, dtype), act, N, O)
     with np.errstate(over="ignore", invalid="ignore"):
         want = ref._activate(a.astype(np.float64), activation)
-    assert_close3(y, want, want, 0.0, "y") if not np.isfinite(want).all() else None
+        if activation == "sigmoid":   # the reference's exp(-softplus(-a)) is off by ~|a| ulp
+            e = np.exp(-np.abs(a.astype(np.float64)))
+            want = np.where(a >= 0, 1, e) / (1 + e)
     finite = np.isfinite(want)
     err = np.abs(y[finite].astype(np.float64) - want[finite])
     bad = err > eps * np.abs(want[finite]) + tiny
-    assert not bad.any(), (f"y off by more than 1 ulp at a={a[finite][bad][:5]}: "
+    assert not bad.any(), (f"y off by more than {eps:.1e} relative at a={a[finite][bad][:5]}: "
                            f"{y[finite][bad][:5]} vs {want[finite][bad][:5]}")
     np.testing.assert_array_equal(np.isnan(y), np.isnan(want))
     np.testing.assert_array_equal(y[~finite & ~np.isnan(want)], want[~finite & ~np.isnan(want)])
@@ -181,13 +184,15 @@ def test_activation_precision(activation, dtype):
     da, db = np.empty_like(y), np.empty(O, dtype)
     dense.dense_act_grad_kernel(da, db, dy, y, act, N, O)
     y64 = y.astype(np.float64)
-    grad = {"identity": np.ones_like(y64), "relu": (y64 > 0).astype(np.float64),
-            "tanh": 1 - y64 ** 2, "softplus": -np.expm1(-y64), "sigmoid": y64 * (1 - y64)}
+    with np.errstate(over="ignore", invalid="ignore"):
+        grad = {"identity": np.ones_like(y64), "relu": (y64 > 0).astype(np.float64),
+                "tanh": (1 - y64) * (1 + y64), "softplus": -np.expm1(-y64),
+                "sigmoid": y64 * (1 - y64)}
     got = dy if activation == "identity" else da   # identity: da is dy itself
     ok = np.isfinite(grad[activation])
     np.testing.assert_array_equal(np.isnan(got), ~ok)
     err = np.abs(got[ok].astype(np.float64) - grad[activation][ok])
     bad = err > eps * np.abs(grad[activation][ok]) + tiny
-    assert not bad.any(), (f"act' off by more than 1 ulp at y={y[ok][bad][:5]}: "
+    assert not bad.any(), (f"act' off by more than {eps:.1e} relative at y={y[ok][bad][:5]}: "
                            f"{got[ok][bad][:5]} vs {grad[activation][ok][bad][:5]}")
     np.testing.assert_array_equal(db, got[0])   # one row: db is da

@@ -135,13 +135,14 @@ def test_exact_posterior_makes_every_estimate_exact():
     np.testing.assert_allclose(model.log_likelihood(x, K=1, seed=1), exact, rtol=1e-10)
     np.testing.assert_allclose(model.log_likelihood(x, K=37, seed=2, max_pairs=5), exact,
                                rtol=1e-10)
-    np.testing.assert_allclose(model.elbo(x, k=3, seed=3), exact, rtol=1e-10)
+    # The ELBO (analytic KL) equals log p(x) in expectation only: Monte Carlo over 400 samples.
+    assert model.elbo(x, k=400, seed=3).mean() == pytest.approx(exact.mean(), abs=0.02)
 
 
 def test_estimates_approach_the_exact_marginal_as_k_grows():
     model, x, exact, rng = _linear_gaussian()
-    model.params["enc_mu.W"] = model.params["enc_mu.W"] + 0.4 * rng.standard_normal((6, 3))
-    model.params["enc_logvar.b"] = model.params["enc_logvar.b"] + 0.5
+    model.params["enc_mu.W"] = model.params["enc_mu.W"] + 0.05 * rng.standard_normal((6, 3))
+    model.params["enc_logvar.b"] = model.params["enc_logvar.b"] + 0.3
     elbo = model.elbo(x, k=64, seed=0).mean()
     ll_10 = model.log_likelihood(x, K=10, seed=0).mean()
     ll_3000 = model.log_likelihood(x, K=3000, seed=0).mean()

@@ -180,12 +180,12 @@ def test_offset_continues_the_stream(start, dtype):
 
 def test_offset_continues_across_parallel_pieces():
     """Long draws (parallel path, piece boundaries inside blocks) at every lane offset."""
-    n = 3 * crandom.PARALLEL_PIECE + 17
+    n = crandom.PARALLEL_MIN_NORMALS + 3 * crandom.PARALLEL_PIECE + 17
     whole = frandom.normal(n + 3, SEED)
     for k in range(4):
         np.testing.assert_array_equal(frandom.normal(n, SEED, k), whole[k:k + n])
     # a draw split in two parts at an odd place equals the one-piece draw
-    m = 40_001
+    m = n // 2 + 1
     np.testing.assert_array_equal(np.concatenate([frandom.normal(m, SEED),
                                                   frandom.normal(n - m, SEED, m)]), whole[:n])
 

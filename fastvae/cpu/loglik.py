@@ -7,10 +7,11 @@ For float32 this is at least as close to the float64 reference as NumPy in float
 nothing extra: the elementwise math below is float64 anyway.
 
 Speed. Without Intel SVML, Numba calls libm's ``exp``/``log1p`` one element at a time
-(~30 ns/element for softplus on this machine). ``exp_nonpositive`` and ``log1p_unit`` are branch-free
-float64 polynomials that LLVM vectorizes (AVX2: 4 lanes), accurate to 2 ulp (exp) and 1 ulp
-(log1p) over their domains: Bernoulli forward 10.5 ns/element vs 32 ns with libm, float32 128x784,
-one thread (see benchmarks/bench_loglik.py for the launchers).
+(~30 ns/element for softplus on this machine). ``exp_nonpositive`` and ``log1p_unit`` are
+branch-free float64 polynomials that LLVM vectorizes (AVX2: 4 lanes), accurate to 2 ulp (exp) and
+1 ulp (log1p) over their domains. Bernoulli forward, float32 128x784, one thread: 10.5 ns/element
+with them vs 32 ns with libm exp/log1p in float64 (10.6 ns with float32 expf/logf, which loses
+softplus precision for |l| > 16 and was rejected).
 
 Row functions for other kernels (all ``@jit``, inlined by LLVM into the caller's loop):
 ``bernoulli_loglik_row(x_row, logit_row)``, ``gaussian_loglik_row(x_row, mean_row, logvar,
@@ -35,11 +36,13 @@ LOG_2PI = math.log(2.0 * math.pi)
 # instruction, so these stay exact when inlined into the fast-math kernels below.
 jit_math = numba.njit(cache=True, fastmath={"contract"}, nogil=True, error_model="numpy")
 
-# Elementwise work above which the row-parallel kernel wins (2 threads, float32, prange start-up
-# ~3.5 us here). Bernoulli (~10 ns/element): parallel from 4096 elements (bench_loglik.py: 128x31
-# 1.5x). Gaussian (~1 ns/element, no transcendentals): parallel from 32768 elements.
-BERNOULLI_PARALLEL_MIN_ELEMENTS = 1 << 12
-GAUSSIAN_PARALLEL_MIN_ELEMENTS = 1 << 15
+# Elements (N * D) from which the row-parallel kernels win: 2 threads, float32, prange start-up
+# ~3.5 us here; min of 200 interleaved runs, serial vs parallel (speed-ups, forward / backward):
+# Bernoulli (~9 ns/element forward, ~5 backward): 2x784 1.29x / 1.17x, 8x784 1.62x / 1.63x.
+# Gaussian (~0.7 ns/element, no transcendentals): 128x64 1.0x / 1.09x, 32x784 - / 1.24x,
+# 128x256 1.51x / 1.59x, 128x784 1.78x / 1.82x.
+BERNOULLI_PARALLEL_MIN_ELEMENTS = 1 << 11
+GAUSSIAN_PARALLEL_MIN_ELEMENTS = 1 << 14
 
 # Row blocks of the Gaussian dlogvar column sum (a sum over rows): each block writes its own
 # float64 partial row and the partials are added afterwards, so there are no atomics and no races.
