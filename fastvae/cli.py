@@ -52,7 +52,8 @@ def _parser():
     e.add_argument("checkpoint")
     _add_data(e)
     e.add_argument("--K", type=int, default=5000, help="importance samples (default 5000)")
-    e.add_argument("--examples", type=int, help="evaluate the first N test examples only")
+    e.add_argument("--examples", type=int,
+                   help="log-likelihood on the first N test examples only (ELBO uses all)")
     e.add_argument("--seed", type=int, default=0)
 
     f = sub.add_parser("figures", help="PNG grids of reconstructions and samples, and curves")
@@ -84,12 +85,14 @@ def _test_set(dataset, model, seed):
         else x
 
 
-def _report(model, x, K, seed):
+def _report(model, x, K, seed, ll_examples=None):
+    """Print the test ELBO on all of x and the IWAE log-likelihood on its first ll_examples."""
     t0 = time.perf_counter()
     elbo = model.elbo(x, seed=seed)
     print(f"test ELBO: {elbo.mean():.3f} ± {elbo.std() / np.sqrt(len(elbo)):.3f} nats "
           f"({len(x)} examples, {time.perf_counter() - t0:.1f} s)")
     if K:
+        x = x[:ll_examples] if ll_examples else x
         t0 = time.perf_counter()
         ll = model.log_likelihood(x, K=K, seed=seed)
         seconds = time.perf_counter() - t0
@@ -122,7 +125,7 @@ def cmd_train(args):
               f"{h['samples_per_s']:8.0f} samples/s")
     print(f"checkpoint: {args.out}")
     x_test = _test_set(dataset, model, args.seed)
-    _report(model, x_test[:args.eval_examples] if args.K else x_test, args.K, args.seed)
+    _report(model, x_test, args.K, args.seed, args.eval_examples)
     if args.figures:
         _write_figures(model, x_test, args.figures)
 
@@ -131,7 +134,7 @@ def cmd_evaluate(args):
     from .model import VAE
     model = VAE.load(args.checkpoint)
     x = _test_set(_load_data(args.data), model, args.seed)
-    _report(model, x[:args.examples] if args.examples else x, args.K, args.seed)
+    _report(model, x, args.K, args.seed, args.examples)
 
 
 def _write_figures(model, x, out_dir):

@@ -13,19 +13,21 @@ relu ``[y > 0]``, tanh ``1 - y^2``, sigmoid ``y (1 - y)``, softplus ``sigmoid(a)
 Shapes: x (N, I), W (I, O), b (O,), y (N, O). Inputs arrive validated (fastvae/ops.py):
 C-contiguous, one floating dtype (float32 or float64).
 
-GEMM choice, batch N x (I -> O), float32, 2 threads, GFLOP/s (benchmarks/dev/dense_variants.py):
+GEMM: BLAS, called from the launcher as ``np.matmul(x, W, out=y)`` (no extra allocation).
+float32 GFLOP/s, 1 thread (OpenBLAS and numba), thread CPU time, benchmarks/dev/dense_variants.py:
 
-    N x I x O          numpy @   matmul(out=)   numba np.dot(out)   numba loop (prange)
-    32 x 784 x 400       59         60              58                  20
-    128 x 784 x 400      83         84              83                  24
-    512 x 784 x 400      94         96              95                  24
-    32 x 400 x 20         9          9              10                   7
-    128 x 400 x 20       18         19              20                  13
-    512 x 400 x 20       26         28              28                  17
+    N x I x O       numpy @   matmul(out=)   numba np.dot(out) in njit   numba loop (i-k-j)
+    32x784x400       33.7        34.9              23.4                        12.9
+    128x784x400      36.6        36.8              32.0                        13.0
+    512x784x400      36.9        36.9              36.3                        13.1
+    32x400x20        23.8        24.0              20.9                         7.3
+    128x400x20       28.9        30.1              27.9                         7.6
+    512x400x20       30.5        30.3              30.9                         7.7
+    128x20x400       29.3        29.7              29.6                        12.3
+    128x400x784      36.8        36.6              33.8                        12.8
 
-BLAS wins everywhere that matters (3-4x over the hand-written loop on the big layer); numba's
-np.dot (scipy's OpenBLAS) ties with NumPy's, so the GEMM is ``np.matmul(x, W, out=y)`` from the
-launcher (no extra allocation, no dependency on scipy's BLAS from inside a kernel).
+The hand-written loop is 2.8-4x slower than BLAS; numba's np.dot (scipy's OpenBLAS, called from
+inside njit) ties at batch 512 and loses up to 30% at batch 32, so NumPy's matmul it is.
 """
 import math
 
@@ -40,20 +42,29 @@ IDENTITY, RELU, TANH, SOFTPLUS, SIGMOID = 0, 1, 2, 3, 4
 ACTIVATION_CODES = {"identity": IDENTITY, "relu": RELU, "tanh": TANH, "softplus": SOFTPLUS,
                     "sigmoid": SIGMOID}
 
-# Threads: the row passes are serial. Each one runs between two OpenBLAS calls, and on this
-# 2-core machine a numba prange there fights OpenBLAS's spinning threads (and GOMP's spin
-# after it): TODO numbers.
+# Threads: both row passes are serial. Each runs between two OpenBLAS calls, and on this 2-core
+# machine a numba prange there fights OpenBLAS's spinning worker threads (and they fight GOMP's
+# spinning threads in the next GEMM). 784-400-20-400-784 forward + backward step, float32, best
+# of 15, ms, serial passes vs prange passes (benchmarks/dev/dense_variants.py step):
+#   N=32: 2.1 vs 2.2;  N=128: 7.7 vs 44;  N=512: 29 vs 81   (numba's omp layer, default waits)
+#   OMP_WAIT_POLICY=PASSIVE: 8.2 vs 8.5 at N=128; workqueue layer: 8.1 vs 9.1. Never a win.
+# Alone (no BLAS calls around, best of 3 rounds) 2 threads speed the sigmoid/softplus passes up
+# 1.6-2.1x at 128..512 x 400..784 and relu ~1.3x, but on this shared machine a prange also
+# stalls ~4 ms whenever the other core is busy; inside a training step it never paid.
 
 
 # ---------------------------------------------------------------------------------------------
 # exp / expm1 / log1p for the activations
 # ---------------------------------------------------------------------------------------------
-# numba calls scalar libm for math.exp/tanh/log1p, so a loop over them does not vectorize: 10-28
-# ns per element on this machine (sigmoid, tanh, softplus), about as long as the GEMM of a
-# 400 -> 784 layer. For float32 arrays the helpers below instead run branch-free float64
-# arithmetic that LLVM vectorizes; accurate to ~1e-9 relative, far below float32's 6e-8.
-# float64 arrays keep libm (exact to the last bits). The dispatch happens at compile time on the
-# dtype of `like` (an array of the kernel); inline="always" puts the code into the loop body.
+# numba calls scalar libm for math.exp/tanh/log1p, so loops over them do not vectorize. For
+# float32 arrays the helpers below run branch-free float64 arithmetic instead, which LLVM
+# vectorizes; accurate to ~1e-9 relative (1 float32 ulp after rounding: test_activation_precision).
+# Forward pass, float32, 128 x 784, ns per element (thread CPU time, /tmp-free: bench in
+# benchmarks/dev/dense_variants.py rows):  libm sigmoid 10.6, tanh 28.0, softplus 27.5;
+# these helpers 4.3, 6.9, 7.3 (NumPy's SIMD chain 1 / (1 + np.exp(-a)) 4.1, np.tanh 6.3);
+# softplus backward 25.8 -> 6.8. float64 arrays keep libm. The choice is made at compile time
+# from the dtype of `like` (an array of the kernel); inline="always" puts the code in the loop.
+
 # Taylor coefficients 1/k!, k = 10 .. 2, for Horner's rule
 _C10, _C9, _C8, _C7, _C6 = 1 / 3628800, 1 / 362880, 1 / 40320, 1 / 5040, 1 / 720
 _C5, _C4, _C3, _C2 = 1 / 120, 1 / 24, 1 / 6, 1 / 2
@@ -149,7 +160,7 @@ def _bias_act_row(y, b, i, act, O):
     elif act == RELU:
         for j in range(O):
             a = y[i, j] + b[j]
-            y[i, j] = a if not (a <= 0) else 0   # NaN stays NaN ("a if a > 0" would give 0)
+            y[i, j] = a if not (a <= 0) else 0.0   # NaN stays NaN ("a if a > 0" would give 0)
     elif act == TANH:   # tanh(|a|) = -q / (2 + q), q = expm1(-2|a|): no cancellation near 0
         for j in range(O):
             a = y[i, j] + b[j]
@@ -172,7 +183,6 @@ def dense_bias_act_kernel(y, b, act, N, O):
     # math: fastvae/_reference.py::dense_forward (after the GEMM). y (N, O) in place, b (O,)
     for i in range(N):
         _bias_act_row(y, b, i, act, O)
-
 
 
 @jit
@@ -214,7 +224,6 @@ def dense_act_grad_kernel(da, db, dy, y, act, N, O):
     _act_grad_rows(da, acc, dy, y, act, 0, N, O)
     for j in range(O):
         db[j] = acc[j]
-
 
 
 # ---------------------------------------------------------------------------------------------

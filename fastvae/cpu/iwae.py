@@ -37,8 +37,9 @@ LOG_2PI = math.log(2.0 * math.pi)
 # 2 threads vs 1, float32, Bernoulli (bench_iwae.py): see PARALLEL_MIN note in the report.
 PARALLEL_MIN = 1 << 13
 
-# Backward row blocks for the ddec_logvar column sum: 16 rows per block, at most 64 blocks.
-ROWS_PER_BLOCK = 16
+# Backward row blocks (the prange unit; each owns a float64 partial ddec_logvar row): 4 rows per
+# block, at most 64 blocks, so a batch of 128 gives 32 blocks to share between threads.
+ROWS_PER_BLOCK = 4
 MAX_BLOCKS = 64
 
 
@@ -288,6 +289,8 @@ def log_weight_forward(x, dec_out, mu, logvar, eps, likelihood="bernoulli", dec_
     x (N, D); dec_out (N, K, D) = decoder(z) (logits for "bernoulli", means for "gaussian");
     mu, logvar (N, L); eps (N, K, L); dec_logvar (D,) for "gaussian" -> (logw (N, K), cache).
     """
+    if likelihood not in ("bernoulli", "gaussian"):
+        raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")
     n, k, d = dec_out.shape
     gaussian = likelihood == "gaussian"
     sigma = np.exp(0.5 * logvar.astype(np.float64))          # (N, L) float64

@@ -212,12 +212,14 @@ def sincos_2pi_f32(u):
 # Box-Muller pieces in the output dtype T (float32: the polynomials above; float64: libm)
 # ---------------------------------------------------------------------------------------------
 def radius(u, T):
-    """``sqrt(-2 log u)`` of a float32 uniform u, in dtype T (Python version of the overload)."""
+    """``sqrt(-2 log u)`` of a float32 uniform u, in dtype T. Pure-Python equivalent (up to
+    rounding); jitted code gets the overload below."""
     return np.sqrt(T(-2.0) * np.log(T(u)))
 
 
 def sincos_2pi(u, T):
-    """``(sin 2 pi u, cos 2 pi u)`` in dtype T (Python version of the overload)."""
+    """``(sin 2 pi u, cos 2 pi u)`` in dtype T. Pure-Python equivalent (up to rounding); jitted
+    code gets the overload below."""
     t = T(2.0) * T(np.pi) * T(u)
     return np.sin(t), np.cos(t)
 
