@@ -4,12 +4,13 @@ bytes per call (float32, 4 bytes/element):
   iwae forward      reads logw (N K), writes est (N):                              4 (N K + N)
   iwae backward     reads logw (N K), dest, lse (2 N), writes dlogw (N K):         4 (2 N K + 2 N)
   log_weight fwd    reads x (N D), dec_out (N K D), mu, logvar (2 N L), eps (N K L),
-                    [dec_logvar (D)], writes logw (N K):   4 (N D + N K D + 2 N L + N K L + N K [+ D])
+                    [dec_logvar (D)], writes logw (N K):
+                    4 (N D + N K D + 2 N L + N K L + N K [+ D])
   log_weight bwd    reads dlogw (N K), x (N D), dec_out (N K D), mu, logvar (2 N L), eps (N K L),
                     writes ddec_out (N K D), dmu, dlogvar (2 N L), [ddec_logvar (D)]:
                     4 (N K + N D + 2 N K D + 4 N L + N K L [+ D])
 Also test_log_weight_parallel_vs_serial: the prange kernels against the serial ones (the "numpy"
-column holds the serial kernel in those rows): sets iwae.PARALLEL_MIN.
+column holds the serial kernel in those rows): sets iwae.PARALLEL_MIN_BERNOULLI / _GAUSSIAN.
 """
 import numpy as np
 import pytest
@@ -142,8 +143,7 @@ def test_log_weight_backward(benchmark, likelihood):
 
 
 def _kernels(direction, parallel, args, dlogw):
-    """The forward or backward kernel alone, serial or parallel, with the launcher's arrays
-    (Bernoulli)."""
+    """The forward or backward kernel alone, serial or parallel, with the launcher's arrays."""
     x, dec_out, mu, logvar, eps, likelihood, dec_logvar = args
     _, (x, dec_out, mu, sigma, eps, inv_var, gaussian) = iwae.log_weight_forward(*args)
     n, k, d = dec_out.shape
@@ -152,7 +152,7 @@ def _kernels(direction, parallel, args, dlogw):
         kernel = (iwae.log_weight_forward_kernel_parallel if parallel
                   else iwae.log_weight_forward_kernel)
         return lambda: kernel(logw, x, dec_out, mu, logvar, sigma, eps, inv_var, 0.0, gaussian,
-                              n, k)   # 0.0: the Gaussian constant, unused for Bernoulli
+                              n, k)   # 0.0 for the Gaussian constant: same work
     outs = (np.empty_like(dec_out), np.empty_like(mu), np.empty_like(mu))
     blocks = np.zeros((max(1, min(iwae.MAX_BLOCKS, -(-n // iwae.ROWS_PER_BLOCK))),
                        d if gaussian else 0))
@@ -161,14 +161,15 @@ def _kernels(direction, parallel, args, dlogw):
     return lambda: kernel(*outs, blocks, dlogw, x, dec_out, mu, sigma, eps, inv_var, gaussian, n)
 
 
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
 @pytest.mark.parametrize("direction", ["fwd", "bwd"])
-@pytest.mark.parametrize("n,k,d", [(2, 1, 784), (4, 4, 256), (16, 4, 784), (128, 1, 784),
+@pytest.mark.parametrize("n,k,d", [(2, 4, 784), (16, 1, 784), (16, 4, 784), (128, 1, 784),
                                    (128, 64, 784)])
-def test_log_weight_parallel_vs_serial(benchmark, direction, n, k, d):
-    x, dec_out, mu, logvar, eps, dec_logvar, dlogw = make_case(n, k, d, L, "bernoulli")
-    args = (x, dec_out, mu, logvar, eps, "bernoulli", dec_logvar)
+def test_log_weight_parallel_vs_serial(benchmark, likelihood, direction, n, k, d):
+    x, dec_out, mu, logvar, eps, dec_logvar, dlogw = make_case(n, k, d, L, likelihood)
+    args = (x, dec_out, mu, logvar, eps, likelihood, dec_logvar)
     nbytes = (_bytes_forward if direction == "fwd" else _bytes_backward)(n, k, d, L)
     common.run_pair(benchmark, _kernels(direction, True, args, dlogw),
                     _kernels(direction, False, args, dlogw),
-                    op=f"log_weight {direction} prange vs serial", size=(n, k, d, L),
+                    op=f"lw {likelihood[:5]} {direction} prange/serial", size=(n, k, d, L),
                     dtype=np.float32, nbytes=nbytes)

@@ -126,12 +126,13 @@ def philox_blocks(n_blocks, seed, first_block=0):
 
 
 def uniform_from_bits(bits, dtype=np.float32):
-    """uint32 -> uniform in the open interval (0, 1): ``u = ((bits >> 8) + 0.5) * 2^-24``.
+    """uint32 -> uniform in the open interval (0, 1): ``u = ((bits >> 9) + 0.5) * 2^-23``.
 
-    The 24 high bits; every value is exact in float32, so both backends agree bit for bit.
+    The 23 high bits; every value ``(2k + 1) 2^-24`` has at most 24 significant bits, so it is
+    exact in float32 and both backends agree bit for bit; ``2^-24 <= u <= 1 - 2^-24``.
     """
-    top24 = (np.asarray(bits, dtype=np.uint32) >> np.uint32(8)).astype(np.float64)
-    return ((top24 + 0.5) * 2.0 ** -24).astype(dtype)
+    top23 = (np.asarray(bits, dtype=np.uint32) >> np.uint32(9)).astype(np.float64)
+    return ((top23 + 0.5) * 2.0 ** -23).astype(dtype)
 
 
 def normal(shape, seed, offset=0, dtype=np.float64):

@@ -106,7 +106,7 @@ def reparam_forward(mu, logvar, eps=None, *, seed=None, offset=0):
     check.match_dims(**{name: (a, spec[name][1]) for name, a in zip(spec, arrays)})
     if seed is not None:
         seed = check.integer("seed", seed, 0, 2 ** 64 - 1)
-        offset = check.integer("offset", offset, 0, 2 ** 64 - 1)
+        offset = check.integer("offset", offset, 0, 2 ** 62 - 1)   # int64 indices in kernels
     module = check.backend_module("reparam", arrays)
     mu, logvar, eps = (arrays + [None])[:3]
     z, saved = module.reparam_forward(mu, logvar, eps, seed=seed, offset=offset)

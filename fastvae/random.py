@@ -11,9 +11,9 @@ Stream layout (the specification is fastvae/_reference.py: ``philox4x32_10``, ``
 - Numbers are indexed by a global index ``g = offset + j`` (j the C-order flat index of the
   output). Index g lives in lane ``g % 4`` of Philox block ``b = g // 4``, whose counter is
   ``(b & 0xffffffff, b >> 32, 0, 0)``.
-- ``uniform``: ``u = ((bits >> 8) + 0.5) * 2^-24`` of the lane's 32-bit word, in the requested
-  dtype. In float64 this lies in the open interval (0, 1); rounded to float32 the 2^-24 grid
-  points of [0.5, 1) become ties that round to even, and words >= 0xffffff00 give exactly 1.0.
+- ``uniform``: ``u = ((bits >> 9) + 0.5) * 2^-23`` of the lane's 32-bit word: the values
+  ``(2k + 1) 2^-24`` are exact in float32, so both dtypes and all backends give the same numbers,
+  in the open interval (0, 1).
 - ``normal``: block b's four normals are ``(r cos t, r sin t, r' cos t', r' sin t')`` with the
   float32 uniforms u0..u3 of the block, ``r = sqrt(-2 log u0)``, ``t = 2 pi u1``,
   ``r' = sqrt(-2 log u2)``, ``t' = 2 pi u3`` (Box-Muller).
@@ -117,11 +117,11 @@ def normal(shape, seed, offset=0, dtype=np.float32):
 
 
 def uniform(shape, seed, offset=0, dtype=np.float32):
-    """Uniforms ``((bits >> 8) + 0.5) * 2^-24`` from the Philox stream of ``seed``.
+    """Uniforms ``((bits >> 9) + 0.5) * 2^-23`` from the Philox stream of ``seed``.
 
     Same indexing and arguments as ``normal``: element j is built from word
-    ``(offset + j) % 4`` of block ``(offset + j) // 4``. float64 values lie in (0, 1); float32
-    values in (0, 1], 1.0 with probability 2^-24 (see the module docstring). These are the
+    ``(offset + j) % 4`` of block ``(offset + j) // 4``; values lie in (0, 1), exact in float32
+    (see the module docstring). These are the
     uniforms that ``normal`` transforms, four per block.
     """
     shape, seed, offset, dtype = _check_stream(shape, seed, offset, dtype)

@@ -67,13 +67,15 @@ def test_uniform_matches_reference_bit_for_bit(seed, offset, dtype):
 
 
 def test_uniform_from_bits_edges():
-    """The float32 rounding of ((bits >> 8) + 0.5) 2^-24: exact below 0.5, ties to even above,
-    and 1.0 for the top 256 words, exactly as the reference."""
+    """((bits >> 9) + 0.5) 2^-23 is exact in float32: every word maps to (2k + 1) 2^-24, the
+    smallest 2^-24 and the largest 1 - 2^-24, exactly as the reference."""
     words = [0, 1, 0xFF, 0x100, 0x1FF, 0x7FFFFF00, 0x7FFFFFFF, 0x80000000, 0x80000100,
              0x80000200, 0xFFFFFE00, 0xFFFFFEFF, 0xFFFFFF00, 0xFFFFFFFF]
     got = np.array([crandom.uniform_from_bits(np.uint32(w)) for w in words], np.float32)
     np.testing.assert_array_equal(got, ref.uniform_from_bits(np.array(words, np.uint32)))
-    assert got[0] == 2.0 ** -25 and got[-1] == 1.0 and got[-2] == 1.0 and got[-3] < 1.0
+    assert got[0] == 2.0 ** -24 and got[-1] == 1 - 2.0 ** -24
+    k = np.array(words, np.uint64) >> np.uint64(9)
+    np.testing.assert_array_equal(got.astype(np.float64), (2.0 * k + 1) * 2.0 ** -24)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,10 +148,7 @@ def test_uniform_statistics(dtype):
     n = 10 ** 6
     u = frandom.uniform(n, 7, 0, dtype)
     assert u.min() > 0
-    if dtype == np.float64:
-        assert u.max() < 1                       # open interval
-    else:
-        assert u.max() <= 1                      # 1.0 with probability 2^-24 per draw
+    assert u.max() < 1                           # open interval in both dtypes
     u = u.astype(np.float64)
     assert abs(u.mean() - 0.5) < 5 * np.sqrt(1 / 12 / n)
     assert abs(u.var() - 1 / 12) < 5 * np.sqrt(1 / 180 / n)

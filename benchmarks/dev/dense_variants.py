@@ -7,8 +7,9 @@ fastvae/cpu/dense.py (GFLOP/s with flops = 2 N I O per GEMM; elementwise work ig
 gemm  NumPy ``x @ W`` (allocating), ``np.matmul(x, W, out=y)`` (preallocated), numba's
       ``np.dot(x, W, y)`` inside njit (BLAS through scipy's OpenBLAS), and hand-written numba
       loops (i-k-j order, inner loop over contiguous j; serial and prange over rows).
-rows  The two elementwise passes alone: bias+act in place after the GEMM, and act-grad + db in
-      the backward; serial vs prange over rows (chunked float64 partial sums for db).
+rows  The two elementwise passes alone, ns per element: bias+act in place after the GEMM, and
+      act-grad + db in the backward; serial vs prange over rows (chunked float64 partial sums
+      for db) vs the first version with numba's scalar libm exp/tanh/log1p/expm1 vs NumPy.
 step  What decides serial vs parallel: a 784-400-20-400-784 forward+backward step, where every
       row pass sits between OpenBLAS calls, with the library's serial passes vs prange passes.
 """
@@ -250,9 +251,11 @@ def step(forward, backward, x, params):
 
 
 def bench_step():
-    print("\nstep: 784-400-20-400-784 forward + backward, float32, milliseconds "
-          f"(numba layer {numba.threading_layer() if numba.config.THREADING_LAYER else ''})")
     rng = np.random.default_rng(2)
+    x = rng.random((8, 784)).astype(np.float32)
+    forward_parallel(x, np.ones((784, 400), np.float32), np.ones(400, np.float32), "relu")
+    print(f"\nstep: 784-400-20-400-784 forward + backward, float32, milliseconds "
+          f"(numba threading layer {numba.threading_layer()})")
     for N in (32, 128, 512):
         x = rng.random((N, 784)).astype(np.float32)
         params = [((rng.standard_normal((I, O)) / np.sqrt(I)).astype(np.float32),

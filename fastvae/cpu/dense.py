@@ -47,7 +47,8 @@ ACTIVATION_CODES = {"identity": IDENTITY, "relu": RELU, "tanh": TANH, "softplus"
 # spinning threads in the next GEMM). 784-400-20-400-784 forward + backward step, float32, best
 # of 15, ms, serial passes vs prange passes (benchmarks/dev/dense_variants.py step):
 #   N=32: 2.1 vs 2.2;  N=128: 7.7 vs 44;  N=512: 29 vs 81   (numba's omp layer, default waits)
-#   OMP_WAIT_POLICY=PASSIVE: 8.2 vs 8.5 at N=128; workqueue layer: 8.1 vs 9.1. Never a win.
+#   OMP_WAIT_POLICY=PASSIVE: 8.2 vs 8.5 at N=128; workqueue layer: 8.1 vs 9.1; OpenBLAS on one
+#   thread (numba on two): 11.4 vs 11.5. Never a win: the passes are ~5% of the step.
 # Alone (no BLAS calls around, best of 3 rounds) 2 threads speed the sigmoid/softplus passes up
 # 1.6-2.1x at 128..512 x 400..784 and relu ~1.3x, but on this shared machine a prange also
 # stalls ~4 ms whenever the other core is busy; inside a training step it never paid.
@@ -58,12 +59,13 @@ ACTIVATION_CODES = {"identity": IDENTITY, "relu": RELU, "tanh": TANH, "softplus"
 # ---------------------------------------------------------------------------------------------
 # numba calls scalar libm for math.exp/tanh/log1p, so loops over them do not vectorize. For
 # float32 arrays the helpers below run branch-free float64 arithmetic instead, which LLVM
-# vectorizes; accurate to ~1e-9 relative (1 float32 ulp after rounding: test_activation_precision).
-# Forward pass, float32, 128 x 784, ns per element (thread CPU time, /tmp-free: bench in
-# benchmarks/dev/dense_variants.py rows):  libm sigmoid 10.6, tanh 28.0, softplus 27.5;
-# these helpers 4.3, 6.9, 7.3 (NumPy's SIMD chain 1 / (1 + np.exp(-a)) 4.1, np.tanh 6.3);
-# softplus backward 25.8 -> 6.8. float64 arrays keep libm. The choice is made at compile time
-# from the dtype of `like` (an array of the kernel); inline="always" puts the code in the loop.
+# vectorizes; accurate to ~1e-9 relative, i.e. within 1 float32 ulp after rounding
+# (tests/test_dense.py::test_activation_precision). ns per element, float32, 128 x 784, 1 thread,
+# thread CPU time (benchmarks/dev/dense_variants.py rows), libm -> these helpers (NumPy):
+#   forward  sigmoid 9.1 -> 5.0 (4.5: 1 / (1 + np.exp(-a))), tanh 27.0 -> 7.3 (7.4: np.tanh),
+#            softplus 35.8 -> 8.3 (27.2: np.logaddexp(0, a));  backward softplus 22.2 -> 7.8.
+# float64 arrays keep libm. The choice is made at compile time from the dtype of `like` (an
+# array of the kernel); inline="always" puts the code into the loop body.
 
 # Taylor coefficients 1/k!, k = 10 .. 2, for Horner's rule
 _C10, _C9, _C8, _C7, _C6 = 1 / 3628800, 1 / 362880, 1 / 40320, 1 / 5040, 1 / 720

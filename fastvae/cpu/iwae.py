@@ -33,9 +33,16 @@ from fastvae.cpu.logsumexp import (SUM_BLOCK, fast_exp, jit_ordered, logsumexp_b
 
 LOG_2PI = math.log(2.0 * math.pi)
 
-# log_weight, pairs (forward) / row blocks (backward) in parallel from N*K*D >= 2^13 on.
-# 2 threads vs 1, float32, Bernoulli (bench_iwae.py): see PARALLEL_MIN note in the report.
-PARALLEL_MIN = 1 << 13
+# prange from N*K*D >= these on (and >= 2 pairs / row blocks). 2 threads vs 1, float32, min of
+# 15 interleaved medians (bench_iwae.py::test_log_weight_parallel_vs_serial), fwd / bwd:
+#   N x K x D      Bernoulli       Gaussian
+#   2 x 4 x 784    1.36x / 0.80x   0.65x / 0.64x      (bwd: one row block, nothing to share)
+#   16 x 1 x 784   1.63x / 1.34x   0.74x / 0.78x
+#   16 x 4 x 784   1.92x / 1.53x   1.51x / 1.35x
+#   128 x 1 x 784  2.00x / 1.60x   1.81x / 1.61x
+# (Bernoulli ~4 ns/element, Gaussian ~0.5 ns/element: the Gaussian needs more work per thread.)
+PARALLEL_MIN_BERNOULLI = 1 << 13
+PARALLEL_MIN_GAUSSIAN = 1 << 15
 
 # Backward row blocks (the prange unit; each owns a float64 partial ddec_logvar row): 4 rows per
 # block, at most 64 blocks, so a batch of 128 gives 32 blocks to share between threads.
@@ -283,6 +290,10 @@ def log_weight_backward_kernel_parallel(ddec_out, dmu, dlogvar, dlv_blocks, dlog
 # ---------------------------------------------------------------------------------------------
 # launchers
 # ---------------------------------------------------------------------------------------------
+def _parallel_min(gaussian):
+    return PARALLEL_MIN_GAUSSIAN if gaussian else PARALLEL_MIN_BERNOULLI
+
+
 def log_weight_forward(x, dec_out, mu, logvar, eps, likelihood="bernoulli", dec_logvar=None):
     """Log importance weights ``logw_nk = log p(x_n | z_nk) + log p(z_nk) - log q(z_nk | x_n)``.
 
@@ -301,8 +312,8 @@ def log_weight_forward(x, dec_out, mu, logvar, eps, likelihood="bernoulli", dec_
     else:
         inv_var, gauss_const = np.empty(0, dtype=x.dtype), 0.0
     logw = np.empty((n, k), dtype=x.dtype)
-    kernel = (log_weight_forward_kernel_parallel if n * k > 1 and n * k * d >= PARALLEL_MIN
-              else log_weight_forward_kernel)
+    parallel = n * k > 1 and n * k * d >= _parallel_min(gaussian)
+    kernel = log_weight_forward_kernel_parallel if parallel else log_weight_forward_kernel
     kernel(logw, x, dec_out, mu, logvar, sigma, eps, inv_var, gauss_const, gaussian, n, k)
     return logw, (x, dec_out, mu, sigma, eps, inv_var, gaussian)
 
@@ -318,7 +329,8 @@ def log_weight_backward(dlogw, cache):
     dlogvar = np.empty_like(mu)
     n_blocks = max(1, min(MAX_BLOCKS, -(-n // ROWS_PER_BLOCK)))
     dlv_blocks = np.zeros((n_blocks, d if gaussian else 0))   # float64
-    kernel = (log_weight_backward_kernel_parallel if n_blocks > 1 and n * k * d >= PARALLEL_MIN
+    kernel = (log_weight_backward_kernel_parallel
+              if n_blocks > 1 and n * k * d >= _parallel_min(gaussian)
               else log_weight_backward_kernel)
     kernel(ddec_out, dmu, dlogvar, dlv_blocks, dlogw, x, dec_out, mu, sigma, eps, inv_var,
            gaussian, n)

@@ -17,7 +17,7 @@ Row functions for other kernels (all ``@jit``, inlined by LLVM into the caller's
 ``bernoulli_loglik_row(x_row, logit_row)``, ``gaussian_loglik_row(x_row, mean_row, logvar,
 inv_var)`` (float64 sums), ``bernoulli_loglik_and_backward_row`` (forward and backward of a row
 in one pass), and the scalar helpers ``softplus``, ``sigmoid``, ``exp_nonpositive``,
-``log1p_unit``, ``expm1`` (float64 -> float64).
+``log1p_unit`` (float64 -> float64).
 """
 import math
 
@@ -91,37 +91,6 @@ def exp_nonpositive(a):
     p = (q0 + q1 * r4) + (q2 + (_E12 + _E13 * r) * r4) * (r4 * r4)
     k1 = ki >> 1
     res = p * _bits_as_float64((k1 + 1023) << 52) * _bits_as_float64((ki - k1 + 1023) << 52)
-    return res if a == a else a
-
-
-@jit_math
-def expm1(a):
-    """``exp(a) - 1`` for any float64 a (NaN -> NaN, +inf -> +inf, -inf -> -1), within 3 ulp,
-    vectorizable (libm's expm1 is one call per element, ~20 ns here).
-
-    ``a = k ln2 + r`` as in ``exp_nonpositive`` (a clamped to [-40, 710]); ``expm1(r)`` by the
-    Taylor polynomial without its constant term (relative accuracy kept for tiny a, where k = 0
-    and r = a exactly); then ``2^k expm1(r) + (2^k - 1)`` for k <= 56 (no cancellation) and
-    ``2^k (1 + expm1(r)) - 1`` above, scaling in two steps so that 709 < a < 709.78 stays finite.
-    """
-    ac = a if a > -40.0 else -40.0                   # expm1(-40) = -1 in float64
-    ac = ac if ac < 710.0 else 710.0
-    y = ac * _INV_LN2
-    ki = np.int64(np.int32(y + (0.5 if y >= 0.0 else -0.5)))   # round to nearest
-    k = np.float64(ki)
-    r = (ac - k * _LN2_HI) - k * _LN2_LO
-    r2 = r * r
-    r4 = r2 * r2
-    q0 = (_E2 + _E3 * r) + (_E4 + _E5 * r) * r2
-    q1 = (_E6 + _E7 * r) + (_E8 + _E9 * r) * r2
-    q2 = (_E10 + _E11 * r) + (_E12 + _E13 * r) * r2
-    em1r = r + r2 * ((q0 + q1 * r4) + q2 * (r4 * r4))
-    k1 = ki >> 1
-    s1 = _bits_as_float64((k1 + 1023) << 52)
-    s2 = _bits_as_float64((ki - k1 + 1023) << 52)
-    s = s1 * s2
-    res = s * em1r + (s - 1.0) if ki <= 56 else (s1 * (1.0 + em1r)) * s2 - 1.0
-    res = res if a <= 709.782712893384 else np.inf   # NaN keeps res, fixed below
     return res if a == a else a
 
 

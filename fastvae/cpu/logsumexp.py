@@ -36,7 +36,7 @@ from numba import prange
 from numba.core import types
 from numba.extending import intrinsic, overload
 
-from fastvae.cpu._numba import FASTMATH, PARALLEL_MIN_ELEMENTS, jit, jit_parallel
+from fastvae.cpu._numba import FASTMATH, jit, jit_parallel
 
 # Polynomial range reductions ((x - n ln2_hi) - n ln2_lo, (t + C) - C) must keep their evaluation
 # order: the same fast-math set without ``reassoc``. Flags are per instruction, so the helpers keep
@@ -52,9 +52,11 @@ jit_ordered = numba.njit(cache=True, fastmath=set(FASTMATH - {"reassoc"}), nogil
 #   8192         247        1137       1126
 SUM_BLOCK = 1024
 
-# prange over rows from N*K >= 2^15 on (and N >= 2), 2 threads vs 1, float32, forward:
-# 128x1000 1.9x, 128x5000 1.9x, 4096x100 1.9x, 64x512 (2^15) 1.6x, 32x256 1.2x (bench_logsumexp).
-PARALLEL_MIN = PARALLEL_MIN_ELEMENTS
+# prange over rows from N*K >= 2^13 on (and N >= 2). 2 threads vs 1, float32, min of 15
+# interleaved medians (bench_logsumexp.py::test_parallel_vs_serial_*), forward / backward:
+#   8x256 0.88x / 0.65x, 16x256 1.12x / 0.93x, 32x256 1.44x / 1.20x, 64x512 1.82x / 1.69x,
+#   128x1000 2.07x / 1.94x, 128x5000 1.98x / 1.88x
+PARALLEL_MIN = 1 << 13
 
 
 # ---------------------------------------------------------------------------------------------

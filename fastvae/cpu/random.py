@@ -5,8 +5,7 @@ Stream layout, shared with fastvae/_reference.py (the specification) and the CUD
 - seed (0 <= seed < 2^64) -> Philox key ``(k0, k1) = (seed & 0xffffffff, seed >> 32)``;
 - global element index ``g`` -> Philox block ``b = g // 4`` with counter
   ``(b & 0xffffffff, b >> 32, 0, 0)``, lane ``g % 4``;
-- uniform ``u = float32(((bits >> 8) + 0.5) * 2^-24)`` (rounded to nearest even, as the
-  reference), for every output dtype;
+- uniform ``u = ((bits >> 9) + 0.5) * 2^-23``, exact in float32, in (0, 1), for every dtype;
 - a block's four normals are ``(r cos t, r sin t, r' cos t', r' sin t')`` with
   ``r = sqrt(-2 log u0)``, ``t = 2 pi u1``, ``r' = sqrt(-2 log u2)``, ``t' = 2 pi u3``.
 
@@ -25,9 +24,9 @@ every Philox word is held in a uint64 that carries a 32-bit value and every cons
 np.uint64; a product of two such words is the exact 32x32 -> 64-bit product, which LLVM turns into
 vpmuludq, so the block loop vectorizes (~9 ns per block, 2.2 ns per normal, for Philox alone).
 
-fastmath ``reassoc`` can rewrite ``(k + 0.5) * 2^-24`` as ``k * 2^-24 + 2^-25`` and then fold the
-constant into a later ``u - 1``, which skips the rounding of u (seen: 4e-7 errors in sin). The
-uniform is therefore made from one integer-to-float conversion: ``float32(2k + 1) * 2^-25``.
+fastmath ``reassoc`` can rewrite ``(k + 0.5) * 2^-23`` as ``k * 2^-23 + 2^-24`` and then fold the
+constant into a later ``u - 1`` (seen with the earlier 24-bit uniform: 4e-7 errors in sin). The
+uniform is therefore made from one integer-to-float conversion: ``float32(2k + 1) * 2^-24``.
 """
 import math
 
@@ -61,10 +60,10 @@ CHUNK_BLOCKS = CHUNK // 4 + 1
 # 16384: (4096, 20) splits into 20 pieces, not 5 (3 + 2 on two threads).
 PARALLEL_PIECE = 4 * CHUNK
 # Normals below this count are generated serially. Serial vs parallel, float32, 2 threads, other
-# core idle (/tmp timing script, 10th percentile of 200 calls): 8192: 34 vs 21 us (1.6x);
-# 16384: 78 vs 44 us (1.8x); 32768: 153 vs 83 us (1.9x). The parallel start-up is ~10 us, but
-# on this shared machine a parallel region sometimes waits 4-12 ms for a scheduler slice, so the
-# threshold sits above the break-even point.
+# core idle (normal_fill_kernel vs normal_fill_parallel_kernel, 10th percentile of 200 calls):
+# 8192: 34 vs 21 us (1.6x); 16384: 78 vs 44 us (1.8x); 32768: 153 vs 83 us (1.9x). The parallel
+# start-up is ~10 us; on this shared machine a parallel region sometimes waits 4-12 ms for a
+# scheduler slice, so the threshold sits a little above the break-even point.
 PARALLEL_MIN_NORMALS = 1 << 14
 # Global indices are int64 in the kernels: offset + size must stay below this.
 INDEX_LIMIT = 1 << 62
@@ -145,18 +144,19 @@ def philox_block(k0, k1, b):
 
 
 # ---------------------------------------------------------------------------------------------
-# float32 math (vectorizable; arguments are uniforms in (0, 1])
+# float32 math (vectorizable; arguments are uniforms in (0, 1))
 # ---------------------------------------------------------------------------------------------
 @jit
 def uniform_from_bits(bits):
-    """uint32 word (any unsigned int type) -> float32 ``((bits >> 8) + 0.5) * 2^-24``.
+    """uint32 word (any unsigned int type) -> float32 ``((bits >> 9) + 0.5) * 2^-23``.
 
-    math: fastvae/_reference.py::uniform_from_bits. ``float32(2k + 1)`` rounds once, to nearest
-    even, like the reference's exact float64 value cast to float32; the scaling is exact. Words
-    >= 0xffffff00 give exactly 1.0 (the reference does the same).
+    math: fastvae/_reference.py::uniform_from_bits. ``2k + 1 < 2^24`` is exact in float32 and
+    the scaling by 2^-24 is exact, so u is exactly the reference's value, in (0, 1).
+    Written as one int -> float conversion: the form ``(k + 0.5) * 2^-23`` was reassociated by
+    fastmath and lost the exactness.
     """
-    k = np.uint32(bits) >> np.uint32(8)
-    return F32(np.int32((k << np.uint32(1)) | np.uint32(1))) * F32(2.0 ** -25)
+    k = np.uint32(bits) >> np.uint32(9)
+    return F32(np.int32((k << np.uint32(1)) | np.uint32(1))) * F32(2.0 ** -24)
 
 
 @jit
@@ -334,10 +334,10 @@ def normal_fill_parallel_kernel(out, k0, k1, offset):
 
 @jit
 def uniform_fill_kernel(out, k0, k1, offset):
-    """out (n,) float32/float64: out[j] = ((bits >> 8) + 0.5) 2^-24 rounded to out's dtype, with
+    """out (n,) float32/float64: out[j] = ((bits >> 9) + 0.5) 2^-23 (exact in either dtype), with
     bits = word g % 4 of block g // 4, g = offset + j; chunked like normal_fill_kernel.
 
-    math: fastvae/_reference.py::uniform_from_bits (exact in float64, then one rounding)
+    math: fastvae/_reference.py::uniform_from_bits
     """
     T = out.dtype.type
     wbuf, ubuf = noise_buffers(T)
@@ -349,8 +349,7 @@ def uniform_fill_kernel(out, k0, k1, offset):
         philox_blocks_kernel(wbuf, k0, k1, (offset + j0) >> 2, n_blocks)
         for i in range(n_blocks):
             for lane in range(4):
-                top = np.int32(wbuf[lane, i] >> np.uint32(8))        # < 2^24: int32 converts
-                ubuf[4 * i + lane] = T((np.float64(top) + 0.5) * 2.0 ** -24)
+                ubuf[4 * i + lane] = T(uniform_from_bits(wbuf[lane, i]))
         out[j0:j0 + m] = ubuf[s:s + m]
 
 
