@@ -23,8 +23,10 @@ def _softplus(a):
 
 
 def _sigmoid(a):
-    """sigmoid(a) = 1 / (1 + exp(-a)) = exp(-softplus(-a)), without overflow."""
-    return np.exp(-_softplus(-a))
+    """sigmoid(a) = 1 / (1 + exp(-a)), as ``e / (1 + e)`` with ``e = exp(-|a|)`` for a < 0:
+    no overflow, and correctly rounded to a few ulp for large |a|."""
+    e = np.exp(-np.abs(a))
+    return np.where(a >= 0, 1, e) / (1 + e)
 
 
 # ---------------------------------------------------------------------------------------------
