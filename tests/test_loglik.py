@@ -167,8 +167,9 @@ def test_serial_and_parallel_kernels_agree(dtype):
             np.testing.assert_array_equal(a, b)
 
 
-# scalar helpers: applied elementwise by a compiled loop (module level, so it is cached)
-@numba.njit(cache=True)
+# scalar helpers applied elementwise by a compiled loop. Not cached on disk: Numba's cache does not
+# notice changes in loglik.py (another file), and this test must see the current helpers.
+@numba.njit(cache=False)
 def _apply_helpers(a, e, out):
     for i in range(a.shape[0]):
         out[0, i] = loglik.softplus(a[i])

@@ -109,7 +109,7 @@ def elbo_backward(delbo, cache):
     """-> (ddec_out, dmu, dlogvar) for Bernoulli, (ddec_out, dmu, dlogvar, ddec_logvar) for
     Gaussian: new arrays (overwrites nothing). ``dmu, dlogvar = kl_backward(-beta delbo)``."""
     x, dec_out, mu, logvar, likelihood, dec_logvar, inv_var, beta = cache
-    dmu, dlogvar = kl_backward((-beta * delbo).astype(delbo.dtype), (mu, logvar))
+    dmu, dlogvar = kl_backward((-beta * delbo).astype(delbo.dtype, copy=False), (mu, logvar))
     if likelihood == "bernoulli":
         return bernoulli_loglik_backward(delbo, (x, dec_out)), dmu, dlogvar
     ddec_out, ddec_logvar = gaussian_loglik_backward(delbo, (x, dec_out, dec_logvar, inv_var))
