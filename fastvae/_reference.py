@@ -314,8 +314,9 @@ def logsumexp_forward(a):
 
 
 def logsumexp_backward(dlse, cache):
-    """``da_nk = dlse_n * softmax(a_n)_k = dlse_n exp(a_nk - lse_n)``; 0 on an all -inf row,
-    NaN on a row holding +inf or NaN. a, da (N, K); dlse (N,)."""
+    """``da_nk = dlse_n * softmax(a_n)_k = dlse_n exp(a_nk - lse_n)``; 0 on an all -inf row;
+    on a row holding +inf: NaN at the +inf entries, 0 at the finite ones; NaN rows give NaN.
+    a, da (N, K); dlse (N,)."""
     a, lse = cache
     finite_lse = np.where(lse == -np.inf, 0, lse)
     with np.errstate(invalid="ignore"):
@@ -329,7 +330,7 @@ def logsumexp_backward(dlse, cache):
 def iwae_forward(logw):
     """``log p(x_n) ~ logsumexp_k(logw_nk) - log K``. logw (N, K) -> (N,)."""
     lse, cache = logsumexp_forward(logw)
-    return lse - np.log(logw.shape[1]), cache
+    return lse - lse.dtype.type(np.log(logw.shape[1])), cache
 
 
 def iwae_backward(dest, cache):

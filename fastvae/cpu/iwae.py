@@ -12,8 +12,8 @@ summed over all (n, k) in float64 per block of rows (blocks depend on N only, so
 parallel kernels give identical results), the blocks added afterwards: no races, no atomics.
 
 Numerics. Elementwise math runs in the input dtype with vectorizable polynomials (``fast_exp``
-from logsumexp.py, ``log1p_unit`` below); sums over d are float32 within blocks of 256 for float32
-inputs and float64 across blocks; latent terms and all sums over k are float64.
+from logsumexp.py, ``log1p_unit`` below); sums over d of float32 inputs are float32 within blocks
+of SUM_BLOCK = 1024 and float64 across blocks; latent terms and all sums over k are float64.
 
 The Bernoulli helpers (softplus, sigmoid, log1p) duplicate in spirit fastvae/cpu/loglik.py's
 float64 ones (exp_nonpositive, log1p_unit, softplus, sigmoid); these also have float32 variants
@@ -21,7 +21,6 @@ float64 ones (exp_nonpositive, log1p_unit, softplus, sigmoid); these also have f
 """
 import math
 
-import numba
 import numpy as np
 from numba import prange
 from numba.core import types
@@ -33,14 +32,15 @@ from fastvae.cpu.logsumexp import (SUM_BLOCK, fast_exp, jit_ordered, logsumexp_b
 
 LOG_2PI = math.log(2.0 * math.pi)
 
-# prange from N*K*D >= these on (and >= 2 pairs / row blocks). 2 threads vs 1, float32, min of
-# 15 interleaved medians (bench_iwae.py::test_log_weight_parallel_vs_serial), fwd / bwd:
-#   N x K x D      Bernoulli       Gaussian
-#   2 x 4 x 784    1.36x / 0.80x   0.65x / 0.64x      (bwd: one row block, nothing to share)
-#   16 x 1 x 784   1.63x / 1.34x   0.74x / 0.78x
-#   16 x 4 x 784   1.92x / 1.53x   1.51x / 1.35x
-#   128 x 1 x 784  2.00x / 1.60x   1.81x / 1.61x
-# (Bernoulli ~4 ns/element, Gaussian ~0.5 ns/element: the Gaussian needs more work per thread.)
+# prange from N*K*D >= these on (and >= 2 pairs / row blocks). 2 threads vs 1, float32
+# (bench_iwae.py::test_log_weight_parallel_vs_serial), forward / backward:
+#   N x K x D       Bernoulli       Gaussian
+#   2 x 4 x 784     1.38x / 0.79x   0.56x / 0.65x      (bwd: one row block, nothing to share)
+#   16 x 1 x 784    1.59x / 1.38x   0.77x / 0.86x
+#   16 x 4 x 784    1.91x / 1.71x   1.42x / 1.43x
+#   128 x 1 x 784   1.81x / 1.90x   2.08x / 1.75x
+#   128 x 64 x 784  2.00x / 1.88x   2.09x / 1.58x
+# (forward, one thread: Bernoulli ~3 ns/element, Gaussian ~0.6 ns/element.)
 PARALLEL_MIN_BERNOULLI = 1 << 13
 PARALLEL_MIN_GAUSSIAN = 1 << 15
 

@@ -8,24 +8,28 @@ gives ``m + log s``; K can arrive in chunks in any order (the IWAE evaluation dr
 in chunks). Special rows follow fastvae/_reference.py exactly: all -inf -> (-inf, 0) -> -inf;
 holding +inf -> (+inf, 1) -> +inf; holding NaN -> (NaN, NaN) -> NaN.
 
-Row kernel: two passes over the row (max, then sum of exp), not the online one-pass update.
-The row (<= 20 KB for K = 5000 float32) is in L1/L2 for the second pass, so the single pass saves
-no memory traffic, while its per-element ``if a > m: rescale`` branch stops vectorization.
-Measured, float32, one thread, us (benchmarks/bench_logsumexp.py::test_row_kernel_variants):
+Row kernel: two passes over the row (max, then the sum of exp), not the online one-pass update.
+A row (20 KB for K = 5000 float32) is still in L1/L2 for the second pass, so one pass would save
+no memory traffic, while the per-element ``if a > m: rescale`` branch of the online update stops
+vectorization. Float32, one thread, us, min of 9 interleaved medians (benchmarks/
+bench_logsumexp.py::test_row_kernel_variants has the variants):
 
-    (N, K)        online, libm exp   online, fast exp   two-pass, fast exp
-    128 x 1000         1136               902                 317
-    128 x 5000         9074              7345                1546
-    4096 x 100         5049              6940                1268
+    (N, K)       online, libm exp   online, fast exp   online per block   two-pass   NumPy
+    128 x 1000         947                730                169             175        514
+    128 x 5000        4794               3618               1202            1025       2787
+    4096 x 100        3271               2521                799             955       1984
 
+(online per block: block max, rescale the running sum if it grew, add the block's sum of exp:
+one pass, vectorized; it ties or wins when K fits in one block and loses 15-25% beyond.)
 The online form remains available at the chunk level: partial + merge is exactly the online
 update applied to whole chunks.
 
 Numerics. ``exp`` is ``fast_exp`` below: a branch-free polynomial that LLVM vectorizes (Numba has
 no SVML here, so ``math.exp`` is a scalar libm call, ~5 ns/element). It runs in the input dtype
 (float32: 8 AVX2 lanes, within 1 ulp of float32; float64: 4 lanes, within 1 ulp of float64).
-Row sums of float32 inputs: float32 within blocks of 256 terms (each vector lane adds <= 16
-terms), float64 across blocks; m + log s is formed in float64 and rounded once to the dtype.
+Row sums of float32 inputs: float32 within blocks of SUM_BLOCK = 1024 terms (vectorized, so each
+lane adds at most 128 of them), float64 across blocks; m + log s is formed in float64 and rounded
+once to the dtype.
 """
 import math
 
@@ -44,18 +48,18 @@ from fastvae.cpu._numba import FASTMATH, jit, jit_parallel
 jit_ordered = numba.njit(cache=True, fastmath=set(FASTMATH - {"reassoc"}), nogil=True,
                          error_model="numpy")
 
-# Terms per float32 partial sum (vectorized: 16 accumulators of <= 64 terms each) before the
-# partial sums are added in float64. Two-pass forward, float32, one thread, us (min of 5 medians):
+# Terms per float32 partial sum (vectorized: <= 128 terms per lane) before the partial sums are
+# added in float64. Two-pass forward, float32, one thread, us (min of 5 interleaved medians):
 #   block      128x1000   128x5000   4096x100
 #   256          279        1398       1126
 #   1024         247        1253       1154
 #   8192         247        1137       1126
 SUM_BLOCK = 1024
 
-# prange over rows from N*K >= 2^13 on (and N >= 2). 2 threads vs 1, float32, min of 15
-# interleaved medians (bench_logsumexp.py::test_parallel_vs_serial_*), forward / backward:
-#   8x256 0.88x / 0.65x, 16x256 1.12x / 0.93x, 32x256 1.44x / 1.20x, 64x512 1.82x / 1.69x,
-#   128x1000 2.07x / 1.94x, 128x5000 1.98x / 1.88x
+# prange over rows from N*K >= 2^13 on (and N >= 2). 2 threads vs 1, float32
+# (bench_logsumexp.py::test_parallel_vs_serial_*), forward / backward:
+#   16x256 1.04x / 0.97x, 32x256 1.37x / 1.28x, 64x512 1.77x / 1.68x, 128x1000 1.97x / 1.82x,
+#   4096x100 2.22x / 2.12x
 PARALLEL_MIN = 1 << 13
 
 
@@ -187,8 +191,9 @@ def row_state(row):
     k = row.shape[0]
     m = block_max(row, 0, k)
     mf = m if (m > -np.inf and m < np.inf) else row.dtype.type(0)
-    s = 0.0
-    for j0 in range(0, k, SUM_BLOCK):
+    # first block outside the loop: rows of K <= SUM_BLOCK then run 1.2x faster (128x1000)
+    s = np.float64(block_sum_exp(row, 0, min(SUM_BLOCK, k), mf))
+    for j0 in range(SUM_BLOCK, k, SUM_BLOCK):
         s += block_sum_exp(row, j0, min(j0 + SUM_BLOCK, k), mf)
     if s != s:           # a NaN in the row: exp(a - m) is NaN only for a = NaN
         return row.dtype.type(np.nan), s
