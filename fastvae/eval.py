@@ -11,6 +11,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import _validate as check
+from ._backend import blas_owns_the_cores
 
 # Decoder work per chunk: 4096 (x, z) pairs. For 784-400-20-400-784 in float32 that is 12.8 MB of
 # decoder output + 6.6 MB of hidden activations; the row state (m, s) is 16 bytes per example.
@@ -79,7 +80,7 @@ def log_likelihood(model, x, K=5000, seed=None, max_pairs=DEFAULT_MAX_PAIRS, pro
     result = np.empty(n_rows, dtype=np.float64)
     lse = model.k.logsumexp
     with tqdm(total=n_rows * K, unit="pair", unit_scale=True, disable=_no_bar(progress),
-              desc=f"log p(x), K={K}") as bar:
+              desc=f"log p(x), K={K}") as bar, blas_owns_the_cores(model.device):
         for r0 in range(0, n_rows, rows_per_chunk):
             xc = _chunk(model, x, r0, r0 + rows_per_chunk)
             mu, logvar, _ = model._encode(xc)
@@ -103,9 +104,10 @@ def elbo(model, x, k=1, seed=None, batch_size=1024):
     seed = model.seed + 2 if seed is None else check.integer("seed", seed, 0, 2 ** 64 - 1)
     batch_size = max(1, check.integer("batch_size", batch_size, 1) // k)
     parts = []
-    for r0 in range(0, x.shape[0], batch_size):
-        xc = _chunk(model, x, r0, r0 + batch_size)
-        parts.append(_elbo_chunk(model, xc, _noise(model, seed, r0, len(xc), k, 0, k)))
+    with blas_owns_the_cores(model.device):
+        for r0 in range(0, x.shape[0], batch_size):
+            xc = _chunk(model, x, r0, r0 + batch_size)
+            parts.append(_elbo_chunk(model, xc, _noise(model, seed, r0, len(xc), k, 0, k)))
     return np.concatenate(parts)
 
 

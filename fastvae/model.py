@@ -203,7 +203,8 @@ class VAE:
         check.choice("objective", objective, OBJECTIVES)
         beta = check.real_scalar("beta", beta, low=0.0)
         grads = self.params.zeros_like()
-        loss = self._loss_and_grads_into(x, eps, grads, objective, beta)
+        with _backend.blas_owns_the_cores(self.device):
+            loss = self._loss_and_grads_into(x, eps, grads, objective, beta)
         return loss, {name: grads[name].copy() for name in grads}
 
     def _batch_inputs(self, x, eps):

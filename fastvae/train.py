@@ -12,6 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import _validate as check
+from ._backend import blas_owns_the_cores
 from .data import binarize as bernoulli_draws
 from .data import check_data
 from .optim import Adam
@@ -51,7 +52,8 @@ def fit(model, x, epochs=10, batch_size=128, lr=1e-3, validation_data=None, beta
     model.optimizer_state.lr = check.real_scalar("lr", lr, low=0.0, low_inclusive=False)
     loop = _Loop(model, x, val, opts)
     try:
-        loop.run(epochs)
+        with blas_owns_the_cores(model.device):
+            loop.run(epochs)
     finally:
         if checkpoint is not None:
             model.save(checkpoint)

@@ -15,5 +15,12 @@ jit = numba.njit(cache=True, fastmath=set(FASTMATH), nogil=True, error_model="nu
 jit_parallel = numba.njit(cache=True, fastmath=set(FASTMATH), nogil=True, parallel=True,
                           error_model="numpy")
 
+# Scalar math helpers (fastvae/cpu/_math.py): the same set without ``reassoc``, so that range
+# reductions such as (x - n ln2_hi) - n ln2_lo and fdlibm's log1p keep their IEEE evaluation order.
+# Fast-math flags are per instruction: the helpers keep their order when LLVM inlines them into
+# the fast-math kernels.
+MATH_FASTMATH = FASTMATH - {"reassoc"}
+jit_math = numba.njit(cache=True, fastmath=set(MATH_FASTMATH), nogil=True, error_model="numpy")
+
 # Rows below this count run the serial variant: thread start-up (~5-20 us) outweighs the work.
 PARALLEL_MIN_ELEMENTS = 1 << 15

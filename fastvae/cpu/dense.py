@@ -29,12 +29,9 @@ float32 GFLOP/s, 1 thread (OpenBLAS and numba), thread CPU time, benchmarks/dev/
 The hand-written loop is 2.8-4x slower than BLAS; numba's np.dot (scipy's OpenBLAS, called from
 inside njit) ties at batch 512 and loses up to 30% at batch 32, so NumPy's matmul it is.
 """
-import math
-
 import numpy as np
-from numba import njit, types
-from numba.extending import overload
 
+from ._math import exp_nonpos_like, expm1_nonpos_like, log1p_unit_like
 from ._numba import jit
 
 # Activation codes: the kernels take an int, so there is one compiled signature per dtype.
@@ -53,100 +50,8 @@ ACTIVATION_CODES = {"identity": IDENTITY, "relu": RELU, "tanh": TANH, "softplus"
 # 1.6-2.1x at 128..512 x 400..784 and relu ~1.3x, but on this shared machine a prange also
 # stalls ~4 ms whenever the other core is busy; inside a training step it never paid.
 
-
-# ---------------------------------------------------------------------------------------------
-# exp / expm1 / log1p for the activations
-# ---------------------------------------------------------------------------------------------
-# numba calls scalar libm for math.exp/tanh/log1p, so loops over them do not vectorize. For
-# float32 arrays the helpers below run branch-free float64 arithmetic instead, which LLVM
-# vectorizes; accurate to ~1e-9 relative, i.e. within 1 float32 ulp after rounding
-# (tests/test_dense.py::test_activation_precision). ns per element, float32, 128 x 784, 1 thread,
-# thread CPU time (benchmarks/dev/dense_variants.py rows), libm -> these helpers (NumPy):
-#   forward  sigmoid 9.1 -> 5.0 (4.5: 1 / (1 + np.exp(-a))), tanh 27.0 -> 7.3 (7.4: np.tanh),
-#            softplus 35.8 -> 8.3 (27.2: np.logaddexp(0, a));  backward softplus 22.2 -> 7.8.
-# float64 arrays keep libm. The choice is made at compile time from the dtype of `like` (an
-# array of the kernel); inline="always" puts the code into the loop body.
-
-# Taylor coefficients 1/k!, k = 10 .. 2, for Horner's rule
-_C10, _C9, _C8, _C7, _C6 = 1 / 3628800, 1 / 362880, 1 / 40320, 1 / 5040, 1 / 720
-_C5, _C4, _C3, _C2 = 1 / 120, 1 / 24, 1 / 6, 1 / 2
-
-
-@njit(inline="always")   # numba-IR inlining, so the loops around it still vectorize
-def _f32_expm1_poly(r):
-    # expm1(r) to r^10: truncation < 4e-12 relative at |r| = 104/256, < 1e-17 for |r| < 0.12
-    q = ((((((((_C10 * r + _C9) * r + _C8) * r + _C7) * r + _C6) * r + _C5) * r + _C4) * r
-          + _C3) * r + _C2) * r
-    return (q + 1.0) * r
-
-
-def _f32_exp_nonpos(x, like):
-    # exp(x) for x <= 0 as exp(x / 256)^256: 8 squarings multiply relative errors by 256.
-    # exp(-104) rounds to 0 in float32, so the clamp changes no result (np.maximum keeps NaN).
-    r = np.maximum(x, -104.0) * (1.0 / 256.0)
-    e = _f32_expm1_poly(r) + 1.0
-    e = e * e
-    e = e * e
-    e = e * e
-    e = e * e
-    e = e * e
-    e = e * e
-    e = e * e
-    e = e * e
-    return e
-
-
-def _f32_expm1_nonpos(x, like):
-    # expm1(x) for x <= 0 by the doubling expm1(2r) = q (2 + q) from q = expm1(x / 256):
-    # no cancellation for small |x|, and relative errors do not grow for q in [-1, 0].
-    q = _f32_expm1_poly(np.maximum(x, -104.0) * (1.0 / 256.0))
-    q = q * (2.0 + q)
-    q = q * (2.0 + q)
-    q = q * (2.0 + q)
-    q = q * (2.0 + q)
-    q = q * (2.0 + q)
-    q = q * (2.0 + q)
-    q = q * (2.0 + q)
-    q = q * (2.0 + q)
-    return q
-
-
-def _f32_log1p_unit(x, like):
-    # log1p(x) for x in [0, 1] as 2 atanh(u), u = x / (2 + x) <= 1/3; odd series to u^21
-    # (truncation < 2e-12 relative)
-    u = x / (2.0 + x)
-    v = u * u
-    s = (((((((((1 / 21 * v + 1 / 19) * v + 1 / 17) * v + 1 / 15) * v + 1 / 13) * v + 1 / 11)
-             * v + 1 / 9) * v + 1 / 7) * v + 1 / 5) * v + 1 / 3) * v + 1.0
-    return 2.0 * u * s
-
-
-def exp_nonpos(x, like):
-    """exp(x) for x <= 0 or NaN; in kernels, vectorizable when ``like`` is a float32 array."""
-    return math.exp(x)
-
-
-def expm1_nonpos(x, like):
-    """expm1(x) for x <= 0 or NaN; in kernels, vectorizable when ``like`` is a float32 array."""
-    return math.expm1(x)
-
-
-def log1p_unit(x, like):
-    """log1p(x) for x in [0, 1] or NaN; in kernels, vectorizable when ``like`` is float32."""
-    return math.log1p(x)
-
-
-def _by_dtype(f32_impl, libm_impl):
-    def choose(x, like):
-        if isinstance(like, types.Array) and like.dtype == types.float32:
-            return f32_impl
-        return libm_impl
-    return choose
-
-
-overload(exp_nonpos, inline="always")(_by_dtype(_f32_exp_nonpos, exp_nonpos))
-overload(expm1_nonpos, inline="always")(_by_dtype(_f32_expm1_nonpos, expm1_nonpos))
-overload(log1p_unit, inline="always")(_by_dtype(_f32_log1p_unit, log1p_unit))
+# exp / expm1 / log1p: the vectorizable ``*_like`` helpers of fastvae/cpu/_math.py (float64
+# arithmetic for float32 arrays, libm for float64; measurements there).
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,17 +71,17 @@ def _bias_act_row(y, b, i, act, O):
     elif act == TANH:   # tanh(|a|) = -q / (2 + q), q = expm1(-2|a|): no cancellation near 0
         for j in range(O):
             a = y[i, j] + b[j]
-            q = expm1_nonpos(-2.0 * abs(a), y)
+            q = expm1_nonpos_like(-2.0 * abs(a), y)
             t = -q / (2.0 + q)
             y[i, j] = t if a >= 0 else -t
     elif act == SOFTPLUS:   # max(a, 0) + log1p(exp(-|a|)); NaN -> NaN through the log1p term
         for j in range(O):
             a = y[i, j] + b[j]
-            y[i, j] = (a if a > 0 else 0.0) + log1p_unit(exp_nonpos(-abs(a), y), y)
+            y[i, j] = (a if a > 0 else 0.0) + log1p_unit_like(exp_nonpos_like(-abs(a), y), y)
     else:  # SIGMOID: 1 / (1 + e) for a >= 0, e / (1 + e) below, e = exp(-|a|) <= 1 never overflows
         for j in range(O):
             a = y[i, j] + b[j]
-            e = exp_nonpos(-abs(a), y)
+            e = exp_nonpos_like(-abs(a), y)
             y[i, j] = (1.0 if a >= 0 else e) / (1.0 + e)   # NaN: e is NaN
 
 
@@ -208,7 +113,8 @@ def _act_grad_rows(da, acc, dy, y, act, start, stop, O):
                 acc[j] += g
         elif act == SOFTPLUS:
             for j in range(O):
-                g = dy[i, j] * -expm1_nonpos(-y[i, j], y)   # sigmoid(a) = 1 - exp(-softplus(a))
+                # sigmoid(a) = 1 - exp(-softplus(a))
+                g = dy[i, j] * -expm1_nonpos_like(-y[i, j], y)
                 da[i, j] = g
                 acc[j] += g
         else:  # SIGMOID

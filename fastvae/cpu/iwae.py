@@ -11,24 +11,20 @@ per row n: ddec_out for every k, then dmu, dlogvar summed over k; for the Gaussi
 summed over all (n, k) in float64 per block of rows (blocks depend on N only, so the serial and the
 parallel kernels give identical results), the blocks added afterwards: no races, no atomics.
 
-Numerics. Elementwise math runs in the input dtype with vectorizable polynomials (``fast_exp``
-from logsumexp.py, ``log1p_unit`` below); sums over d of float32 inputs are float32 within blocks
-of SUM_BLOCK = 1024 and float64 across blocks; latent terms and all sums over k are float64.
-
-The Bernoulli helpers (softplus, sigmoid, log1p) duplicate in spirit fastvae/cpu/loglik.py's
-float64 ones (exp_nonpositive, log1p_unit, softplus, sigmoid); these also have float32 variants
-(8 AVX2 lanes instead of 4). A shared module of vectorizable math functions would serve both.
+Numerics. Elementwise math runs in the input dtype with the vectorizable polynomials
+``fast_exp`` and ``log1p_unit`` of fastvae/cpu/_math.py (float32: 8 AVX2 lanes; loglik.py's
+softplus and sigmoid run in float64 whatever the dtype); sums over d of float32 inputs are float32
+within blocks of SUM_BLOCK = 1024 and float64 across blocks; latent terms and all sums over k are
+float64.
 """
 import math
 
 import numpy as np
 from numba import prange
-from numba.core import types
-from numba.extending import overload
 
-from fastvae.cpu._numba import FASTMATH, jit, jit_parallel
-from fastvae.cpu.logsumexp import (SUM_BLOCK, fast_exp, jit_ordered, logsumexp_backward,
-                                   logsumexp_forward)
+from fastvae.cpu._math import fast_exp, log1p_unit
+from fastvae.cpu._numba import jit, jit_parallel
+from fastvae.cpu.logsumexp import SUM_BLOCK, logsumexp_backward, logsumexp_forward
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -67,67 +63,6 @@ def iwae_backward(dest, cache):
     """``dlogw_nk = dest_n softmax_k(logw_n)`` (N, K), the normalized importance weights times
     dest; 0 on an all -inf row. A new array (overwrites nothing)."""
     return logsumexp_backward(dest, cache)
-
-
-# ---------------------------------------------------------------------------------------------
-# log1p on [0, 1], vectorizable (fdlibm's log kernel, no exponent extraction)
-# ---------------------------------------------------------------------------------------------
-_SQRT2_M1 = 0.41421356237309504880
-_LN2_HI, _LN2_LO = 6.93147180369123816490e-01, 1.90821492927058770002e-10
-# fdlibm e_log.c: R(z) ~ 2 atanh(s) / s - 2 on |s| <= 0.1716, error < 2^-58.45
-_LG = (6.666666666666735130e-01, 3.999999999940941908e-01, 2.857142874366239149e-01,
-       2.222219843214978396e-01, 1.818357216161805012e-01, 1.531383769920937332e-01,
-       1.479819860511658591e-01)
-_F = np.float32
-_LG32 = (_F(2 / 3), _F(2 / 5), _F(2 / 7), _F(2 / 9))   # Taylor; truncation < 1e-9 on |s| < 0.172
-
-
-@jit_ordered
-def log1p_unit_f64(e):
-    """``log1p(e)`` for float64 ``0 <= e <= 1``, within 1 ulp; NaN -> NaN.
-
-    ``1 + e > sqrt 2``: ``log(1 + e) = ln 2 + log(1 + f)``, ``f = (e - 1) / 2``; else ``f = e``;
-    then ``|f| <= sqrt2 - 1``, ``s = f / (2 + f)``, ``log(1 + f) = f - (f^2/2 - s (f^2/2 + R))``.
-    """
-    big = e > _SQRT2_M1
-    f = (e - 1.0) * 0.5 if big else e
-    s = f / (2.0 + f)
-    z = s * s
-    r = _LG[6]
-    for i in range(5, -1, -1):
-        r = r * z + _LG[i]
-    r = r * z
-    hfsq = 0.5 * f * f
-    val = f - (hfsq - s * (hfsq + r))
-    return (val + _LN2_LO) + _LN2_HI if big else val
-
-
-@jit_ordered
-def log1p_unit_f32(e):
-    """``log1p(e)`` for float32 ``0 <= e <= 1``, within 1 ulp of float32; NaN -> NaN."""
-    big = e > _F(_SQRT2_M1)
-    f = (e - _F(1.0)) * _F(0.5) if big else e
-    s = f / (_F(2.0) + f)
-    z = s * s
-    r = ((_LG32[3] * z + _LG32[2]) * z + _LG32[1]) * z + _LG32[0]
-    r = r * z
-    hfsq = _F(0.5) * f * f
-    val = f - (hfsq - s * (hfsq + r))
-    return val + _F(_LN2_HI + _LN2_LO) if big else val
-
-
-def log1p_unit(e):
-    """``log1p(e)`` for ``0 <= e <= 1`` in the dtype of e, inside Numba kernels."""
-    raise NotImplementedError("log1p_unit is only callable from Numba-compiled code")
-
-
-@overload(log1p_unit, jit_options={"fastmath": set(FASTMATH - {"reassoc"})})
-def _log1p_unit_overload(e):
-    if e == types.float32:
-        return lambda e: log1p_unit_f32(e)
-    if e == types.float64:
-        return lambda e: log1p_unit_f64(e)
-    return None
 
 
 # ---------------------------------------------------------------------------------------------

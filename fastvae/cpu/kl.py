@@ -4,7 +4,7 @@
 Elements are computed in float64 whatever the input dtype and row sums accumulate in float64;
 results are rounded once to the input dtype. ``expm1`` is libm's, one call per element
 (~20 ns; L = 20 is small next to the decoder's D = 784). A vectorizable polynomial expm1 in the
-style of loglik.exp_nonpositive (tried: 2 ulp) is too large for LLVM to inline into the row loop,
+style of _math.exp_nonpositive (tried: 2 ulp) is too large for LLVM to inline into the row loop,
 so the loop stayed scalar and it gained only 1.4x; Numba-level inlining would hand it the
 caller's reassociation flags, which break its range reduction. Not worth it for 2.5% of the data.
 

@@ -7,34 +7,27 @@ For float32 this is at least as close to the float64 reference as NumPy in float
 nothing extra: the elementwise math below is float64 anyway.
 
 Speed. Without Intel SVML, Numba calls libm's ``exp``/``log1p`` one element at a time
-(~30 ns/element for softplus on this machine). ``exp_nonpositive`` and ``log1p_unit`` are
-branch-free float64 polynomials that LLVM vectorizes (AVX2: 4 lanes), within 2 ulp of NumPy over
-their domains (tests/test_loglik.py). Bernoulli forward, float32 128x784, one thread: 10.5 ns per
-element with them vs 32 ns with libm exp/log1p in float64 (10.6 ns with float32 expf/logf, which
-loses softplus precision for |l| > 16 and was rejected).
+(~30 ns/element for softplus on this machine). ``softplus``, ``sigmoid``, ``exp_nonpositive`` and
+``log1p_unit_f64`` (fastvae/cpu/_math.py) are branch-free float64 polynomials that LLVM vectorizes
+(AVX2: 4 lanes), within 2 ulp of NumPy over their domains (tests/test_math.py). Bernoulli
+forward, float32 128x784, one thread: 10.5 ns per element with them vs 32 ns with libm exp/log1p
+in float64 (10.6 ns with float32 expf/logf, which loses softplus precision for |l| > 16 and was
+rejected).
 
 Row functions for other Numba kernels (all ``@jit``; small ones get inlined by LLVM):
 ``bernoulli_loglik_row(x_row, logit_row)``, ``gaussian_loglik_row(x_row, mean_row, logvar,
 inv_var)`` (float64 sums), ``bernoulli_loglik_and_backward_row`` (forward and backward of a row
-in one pass), and the scalar helpers ``softplus``, ``sigmoid``, ``exp_nonpositive``,
-``log1p_unit`` (float64 -> float64).
+in one pass).
 """
 import math
 
-import numba
 import numpy as np
 from numba import prange
-from numba.core import types
-from numba.extending import intrinsic
 
+from fastvae.cpu._math import exp_nonpositive, log1p_unit_f64, sigmoid, softplus
 from fastvae.cpu._numba import jit, jit_parallel
 
 LOG_2PI = math.log(2.0 * math.pi)
-
-# Scalar math helpers keep IEEE evaluation order (only FMA contraction allowed): range reduction
-# (x - k ln2_hi) - k ln2_lo and fdlibm's log1p must not be reassociated. Fast-math flags are per
-# instruction, so these stay exact when inlined into the fast-math kernels below.
-jit_math = numba.njit(cache=True, fastmath={"contract"}, nogil=True, error_model="numpy")
 
 # Elements (N * D) from which the row-parallel kernels win: 2 threads, float32, prange start-up
 # ~3.5 us here; min of 200 interleaved runs, serial vs parallel (speed-ups, forward / backward):
@@ -49,89 +42,6 @@ GAUSSIAN_PARALLEL_MIN_ELEMENTS = 1 << 14
 # The block count depends on N only, so serial and parallel runs give bit-identical results.
 GAUSSIAN_ROWS_PER_BLOCK = 16
 GAUSSIAN_MAX_BLOCKS = 64
-
-
-# ---------------------------------------------------------------------------------------------
-# scalar math (float64 in, float64 out)
-# ---------------------------------------------------------------------------------------------
-@intrinsic
-def _bits_as_float64(typingctx, bits):
-    """Reinterpret the bits of an int64 as a float64 (to build 2^k without ldexp)."""
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(types.float64))
-    return types.float64(types.int64), codegen
-
-
-_LN2_HI = 6.93147180369123816490e-01   # ln 2 = LN2_HI + LN2_LO; k * LN2_HI is exact for |k| < 2^20
-_LN2_LO = 1.90821492927058770002e-10
-_INV_LN2 = 1.44269504088896338700e+00
-# 1/i! for the Taylor polynomial of exp on |r| <= ln2 / 2 (truncation error < 2e-17 relative)
-_E0, _E1, _E2, _E3, _E4, _E5, _E6, _E7, _E8, _E9, _E10, _E11, _E12, _E13 = (
-    1.0 / math.factorial(i) for i in range(14))
-
-
-@jit_math
-def exp_nonpositive(a):
-    """``exp(a)`` for ``a <= 0`` (NaN -> NaN, -inf -> 0), float64, within 2 ulp (subnormals
-    included). Wrong for ``a > 0``: use it as ``exp_nonpositive(-abs(a))``.
-
-    ``a = k ln2 + r`` with ``k = round(a / ln2)``, ``|r| <= ln2 / 2``; ``exp(r)`` by a degree-13
-    Taylor polynomial in Estrin form (short dependency chains); ``2^k`` built from exponent bits
-    as ``2^(k/2) 2^(k - k/2)`` so that subnormal results are rounded once.
-    """
-    ac = a if a > -746.0 else -746.0                # exp(-746) = 0; keeps k in int32
-    ki = np.int64(np.int32(ac * _INV_LN2 - 0.5))      # a <= 0: truncation = round to nearest
-    k = np.float64(ki)
-    r = (ac - k * _LN2_HI) - k * _LN2_LO
-    r2 = r * r
-    r4 = r2 * r2
-    q0 = (_E0 + _E1 * r) + (_E2 + _E3 * r) * r2
-    q1 = (_E4 + _E5 * r) + (_E6 + _E7 * r) * r2
-    q2 = (_E8 + _E9 * r) + (_E10 + _E11 * r) * r2
-    p = (q0 + q1 * r4) + (q2 + (_E12 + _E13 * r) * r4) * (r4 * r4)
-    k1 = ki >> 1
-    res = p * _bits_as_float64((k1 + 1023) << 52) * _bits_as_float64((ki - k1 + 1023) << 52)
-    return res if a == a else a
-
-
-_SQRT2_M1 = 0.41421356237309504880
-# fdlibm e_log.c: log(1 + f) = f - f^2/2 + s (f^2/2 + R(s^2)), s = f / (2 + f), |f| <= sqrt2 - 1
-_LG1, _LG2, _LG3, _LG4 = (6.666666666666735130e-01, 3.999999999940941908e-01,
-                          2.857142874366239149e-01, 2.222219843214978396e-01)
-_LG5, _LG6, _LG7 = 1.818357216161805012e-01, 1.531383769920937332e-01, 1.479819860511658591e-01
-
-
-@jit_math
-def log1p_unit(e):
-    """``log1p(e)`` for ``0 <= e <= 1`` (NaN -> NaN), float64, within 2 ulp.
-
-    For ``1 + e > sqrt 2`` uses ``log(1 + e) = ln 2 + log(1 + f)`` with ``f = (e - 1) / 2``
-    (exact for e >= 1/2), so ``|f| <= sqrt2 - 1`` in both branches; no exponent extraction.
-    """
-    big = e > _SQRT2_M1
-    f = (e - 1.0) * 0.5 if big else e
-    s = f / (2.0 + f)
-    z = s * s
-    w = z * z
-    r = z * (_LG1 + w * (_LG3 + w * (_LG5 + w * _LG7))) + w * (_LG2 + w * (_LG4 + w * _LG6))
-    hfsq = 0.5 * f * f
-    val = f - (hfsq - s * (hfsq + r))
-    return (val + _LN2_LO) + _LN2_HI if big else val
-
-
-@jit_math
-def softplus(a):
-    """``log(1 + exp(a)) = max(a, 0) + log1p(exp(-|a|))``, float64; +inf -> +inf, -inf -> 0,
-    NaN -> NaN. Within 4 ulp of the reference's ``np.logaddexp(0, a)``."""
-    return (a if a > 0.0 else 0.0) + log1p_unit(exp_nonpositive(-abs(a)))
-
-
-@jit_math
-def sigmoid(a):
-    """``1 / (1 + exp(-a))`` without overflow, float64: ``e = exp(-|a|)``, then ``1 / (1 + e)``
-    for a >= 0 and ``e / (1 + e)`` otherwise. +-inf -> 1, 0; NaN -> NaN; |a| = 1e4 is fine."""
-    e = exp_nonpositive(-abs(a))
-    return (1.0 if a >= 0.0 else e) / (1.0 + e)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,7 +79,7 @@ def bernoulli_loglik_and_backward_row(dlogit_row, dll_n, x_row, logit_row):
         x = np.float64(x_row[d])
         l = np.float64(logit_row[d])
         e = exp_nonpositive(-abs(l))
-        acc += x * l - ((l if l > 0.0 else 0.0) + log1p_unit(e))
+        acc += x * l - ((l if l > 0.0 else 0.0) + log1p_unit_f64(e))
         dlogit_row[d] = dll_n * (x - (1.0 if l >= 0.0 else e) / (1.0 + e))
     return acc
 

@@ -24,7 +24,7 @@ one pass, vectorized; it ties or wins when K fits in one block and loses 15-25% 
 The online form remains available at the chunk level: partial + merge is exactly the online
 update applied to whole chunks.
 
-Numerics. ``exp`` is ``fast_exp`` below: a branch-free polynomial that LLVM vectorizes (Numba has
+Numerics. ``exp`` is ``fast_exp`` (fastvae/cpu/_math.py): a branch-free polynomial that LLVM vectorizes (Numba has
 no SVML here, so ``math.exp`` is a scalar libm call, ~5 ns/element). It runs in the input dtype
 (float32: 8 AVX2 lanes, within 1 ulp of float32; float64: 4 lanes, within 1 ulp of float64).
 Row sums of float32 inputs: float32 within blocks of SUM_BLOCK = 1024 terms (vectorized, so each
@@ -33,20 +33,11 @@ once to the dtype.
 """
 import math
 
-import numba
 import numpy as np
-from llvmlite import ir
 from numba import prange
-from numba.core import types
-from numba.extending import intrinsic, overload
 
-from fastvae.cpu._numba import FASTMATH, jit, jit_parallel
-
-# Polynomial range reductions ((x - n ln2_hi) - n ln2_lo, (t + C) - C) must keep their evaluation
-# order: the same fast-math set without ``reassoc``. Flags are per instruction, so the helpers keep
-# their order when LLVM inlines them into the fast-math kernels.
-jit_ordered = numba.njit(cache=True, fastmath=set(FASTMATH - {"reassoc"}), nogil=True,
-                         error_model="numpy")
+from fastvae.cpu._math import exp_f64, fast_exp, maxnum
+from fastvae.cpu._numba import jit, jit_parallel
 
 # Terms per float32 partial sum (vectorized: <= 128 terms per lane) before the partial sums are
 # added in float64. Two-pass forward, float32, one thread, us (min of 5 interleaved medians):
@@ -61,101 +52,6 @@ SUM_BLOCK = 1024
 #   16x256 1.04x / 0.97x, 32x256 1.37x / 1.28x, 64x512 1.77x / 1.68x, 128x1000 1.97x / 1.82x,
 #   4096x100 2.22x / 2.12x
 PARALLEL_MIN = 1 << 13
-
-
-# ---------------------------------------------------------------------------------------------
-# exp as a vectorizable polynomial
-# ---------------------------------------------------------------------------------------------
-def _bitcast_intrinsic(src, dst):
-    @intrinsic
-    def bitcast(typingctx, x):
-        def codegen(context, builder, signature, args):
-            return builder.bitcast(args[0], context.get_value_type(dst))
-        return dst(src), codegen
-    return bitcast
-
-
-@intrinsic
-def maxnum(typingctx, a, b):
-    """``llvm.maxnum``: the larger of a and b, and the other one if either is NaN. Unlike
-    ``x if x > m else m``, LLVM vectorizes it as a reduction without the ``nnan`` flag
-    (2.3x faster row max at K = 5000 float32)."""
-    if not (isinstance(a, types.Float) and a == b):
-        return None
-
-    def codegen(context, builder, signature, args):
-        t = args[0].type
-        fn = builder.module.declare_intrinsic("llvm.maxnum", [t], ir.FunctionType(t, [t, t]))
-        return builder.call(fn, args)
-    return a(a, b), codegen
-
-
-_f64_bits = _bitcast_intrinsic(types.float64, types.int64)
-_bits_f64 = _bitcast_intrinsic(types.int64, types.float64)
-_f32_bits = _bitcast_intrinsic(types.float32, types.int32)
-_bits_f32 = _bitcast_intrinsic(types.int32, types.float32)
-
-_LOG2E = 1.4426950408889634
-_LN2_HI, _LN2_LO = 6.93147180369123816490e-01, 1.90821492927058770002e-10   # fdlibm split
-_SHIFT64 = 6755399441055744.0             # 1.5 * 2^52: t = x + SHIFT rounds x to an integer
-_INV_FACT = tuple(1.0 / math.factorial(i) for i in range(14))
-_F = np.float32
-_SHIFT32 = _F(12582912.0)                  # 1.5 * 2^23
-_LN2_HI32, _LN2_LO32 = _F(0.693359375), _F(-2.12194440e-4)   # Cephes expf split
-_P32 = tuple(_F(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
-                             4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
-
-
-@jit_ordered
-def exp_f64(x):
-    """``exp(x)`` for float64 ``x <= 709``, within 1 ulp; 0 below -708.3 (no subnormals: the
-    error there is < 2.3e-308); +inf above 709 and for +inf; NaN -> NaN.
-
-    ``x = n ln2 + r``, ``|r| <= ln2 / 2``, ``exp(r)`` by its degree-13 Taylor polynomial
-    (truncation < 1e-17), ``2^n`` from exponent bits: ``n`` sits in the low bits of
-    ``t = x log2(e) + 1.5 * 2^52``, so no float-to-int conversion is needed.
-    """
-    t = x * _LOG2E + _SHIFT64
-    n = t - _SHIFT64
-    r = (x - n * _LN2_HI) - n * _LN2_LO
-    c = _INV_FACT
-    p = c[13]
-    for i in range(12, -1, -1):
-        p = p * r + c[i]
-    y = p * _bits_f64((_f64_bits(t) + 1023) << 52)
-    y = 0.0 if x < -708.3 else y           # NaN compares false and stays NaN through p
-    return np.inf if x > 709.0 else y
-
-
-@jit_ordered
-def exp_f32(x):
-    """``exp(x)`` for float32 ``x <= 88``, within 1 ulp of float32 (Cephes expf polynomial);
-    0 below -87.3 (no subnormals: error < 1.2e-38); +inf above 88 and for +inf; NaN -> NaN."""
-    t = x * _F(_LOG2E) + _SHIFT32
-    n = t - _SHIFT32
-    r = (x - n * _LN2_HI32) - n * _LN2_LO32
-    c = _P32
-    p = c[0]
-    for i in range(1, 6):
-        p = p * r + c[i]
-    p = p * (r * r) + r + _F(1.0)
-    y = p * _bits_f32((_f32_bits(t) + np.int32(127)) << np.int32(23))
-    y = _F(0.0) if x < _F(-87.3) else y
-    return _F(np.inf) if x > _F(88.0) else y
-
-
-def fast_exp(x):
-    """``exp(x)`` in the dtype of x (float32 or float64) inside Numba kernels; see exp_f32/64."""
-    raise NotImplementedError("fast_exp is only callable from Numba-compiled code")
-
-
-@overload(fast_exp, jit_options={"fastmath": set(FASTMATH - {"reassoc"})})
-def _fast_exp_overload(x):
-    if x == types.float32:
-        return lambda x: exp_f32(x)
-    if x == types.float64:
-        return lambda x: exp_f64(x)
-    return None
 
 
 # ---------------------------------------------------------------------------------------------

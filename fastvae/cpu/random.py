@@ -33,8 +33,9 @@ import math
 import numba
 import numpy as np
 from numba.core import types
-from numba.extending import intrinsic, overload
+from numba.extending import overload
 
+from fastvae.cpu._math import f32_bits, f32_from_bits
 from fastvae.cpu._numba import FASTMATH, jit, jit_parallel
 
 # Philox helpers are inlined by Numba itself: as separate functions LLVM's inliner gave up on
@@ -67,45 +68,6 @@ PARALLEL_PIECE = 4 * CHUNK
 PARALLEL_MIN_NORMALS = 1 << 14
 # Global indices are int64 in the kernels: offset + size must stay below this.
 INDEX_LIMIT = 1 << 62
-
-
-# ---------------------------------------------------------------------------------------------
-# bit casts (LLVM bitcast: free, and vectorizable)
-# ---------------------------------------------------------------------------------------------
-@intrinsic
-def f32_bits(typingctx, x):
-    """float32 -> its IEEE bits as int32."""
-    if x != types.float32:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], context.get_value_type(types.int32))
-    return types.int32(types.float32), codegen
-
-
-@intrinsic
-def f32_from_bits(typingctx, x):
-    """Integer (low 32 bits) -> the float32 with those IEEE bits."""
-    if not isinstance(x, types.Integer):
-        return None
-
-    def codegen(context, builder, sig, args):
-        v = args[0]
-        if x.bitwidth > 32:
-            v = builder.trunc(v, context.get_value_type(types.int32))
-        return builder.bitcast(v, context.get_value_type(types.float32))
-    return types.float32(x), codegen
-
-
-@intrinsic
-def f64_from_bits(typingctx, x):
-    """int64 -> the float64 with those IEEE bits."""
-    if not isinstance(x, types.Integer) or x.bitwidth != 64:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], context.get_value_type(types.float64))
-    return types.float64(x), codegen
 
 
 # ---------------------------------------------------------------------------------------------

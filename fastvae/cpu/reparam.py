@@ -10,10 +10,11 @@ index ``offset + n L + l`` of the Philox stream of ``seed`` (so eps equals
 a time into a small buffer that stays in L1 (no (N, L) noise array is written or read). The cache
 then holds ``(seed, offset)`` instead of eps and the backward regenerates the same noise.
 
-float32 ``exp`` is a vectorizable polynomial evaluated in float64 (``exp_f32``, within 0.6 ulp),
-not libm expf, whose scalar call per element keeps the loop scalar: the given-noise forward
-kernel takes 3.4-3.7 ns per element with it, 4.1-5.2 ns with math.exp, NumPy 4.0-6.8 ns
-(float32, n = 2560 and 16384, one thread, 10th percentile of 300 calls).
+float32 ``exp`` is a vectorizable polynomial evaluated in float64 (``exp_f32_via_f64`` of
+fastvae/cpu/_math.py, within 0.6 ulp), not libm expf, whose scalar call per element keeps the
+loop scalar: the given-noise forward kernel takes 3.4-3.7 ns per element with it, 4.1-5.2 ns
+with math.exp, NumPy 4.0-6.8 ns (float32, n = 2560 and 16384, one thread, 10th percentile of
+300 calls).
 """
 import math
 from collections import namedtuple
@@ -23,41 +24,20 @@ import numpy as np
 from numba.core import types
 from numba.extending import overload
 
+from fastvae.cpu._math import exp_f32_via_f64
 from fastvae.cpu._numba import FASTMATH, PARALLEL_MIN_ELEMENTS, jit, jit_parallel
-from fastvae.cpu.random import (CHUNK, INDEX_LIMIT, PARALLEL_PIECE,
-                                f64_from_bits, noise_buffers, normal_chunk_kernel, seed_to_key)
+from fastvae.cpu.random import (CHUNK, INDEX_LIMIT, PARALLEL_PIECE, noise_buffers,
+                                normal_chunk_kernel, seed_to_key)
 
 ReparamCache = namedtuple("ReparamCache", "logvar eps seed offset")
 ReparamCache.__doc__ = """What reparam_backward needs: the forward's logvar (N, L) (a reference, not
 a copy), and either eps (N, L) (given noise; seed is None) or eps None with the stream position
 (seed, offset) of generated noise."""
 
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
-
 
 # ---------------------------------------------------------------------------------------------
 # exp in the input dtype
 # ---------------------------------------------------------------------------------------------
-@jit
-def exp_f32(x):
-    """float32 exp, vectorizable: in float64, ``x = n ln2 + r`` with n = rint(x / ln2),
-    |r| <= ln2 / 2, ``e^r`` by its degree-7 Taylor polynomial (relative error 5e-9), times
-    ``2^n`` built from its bits; one final rounding to float32. Overflow to +inf, underflow to
-    0 and subnormals come out of that rounding; x is clamped to [-200, 200] first so 2^n stays
-    a normal float64; NaN passes the clamp and the polynomial (the bits of 2^n are then garbage,
-    but NaN times anything is NaN)."""
-    xd = np.float64(x)
-    xd = 200.0 if xd > 200.0 else xd
-    xd = -200.0 if xd < -200.0 else xd
-    n = np.rint(xd * LOG2E)
-    r = xd - n * LN2
-    p = 1.0 + r * (1.0 + r * (1.0 / 2 + r * (1.0 / 6 + r * (1.0 / 24 + r * (
-        1.0 / 120 + r * (1.0 / 720 + r * (1.0 / 5040)))))))
-    ni = np.int64(n) if n == n else np.int64(0)
-    return np.float32(p * f64_from_bits((ni + 1023) << 52))
-
-
 def exp_(x):
     """``exp`` in x's dtype (Python version of the overload below)."""
     return np.exp(x)
@@ -66,7 +46,7 @@ def exp_(x):
 @overload(exp_, jit_options={"fastmath": set(FASTMATH)})
 def _exp_impl(x):
     if x == types.float32:
-        return lambda x: exp_f32(x)
+        return lambda x: exp_f32_via_f64(x)
     return lambda x: math.exp(x)
 
 
