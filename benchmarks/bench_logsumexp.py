@@ -20,6 +20,7 @@ import pytest
 import scipy.special
 
 import common
+from fastvae.cpu import _math
 from fastvae.cpu import logsumexp as lse
 from fastvae.cpu._numba import jit
 
@@ -109,10 +110,10 @@ def online_fast_kernel(out, a):
         for j in range(a.shape[1]):
             x = a[i, j]
             if x > m:
-                s = s * lse.fast_exp(m - x) + 1.0
+                s = s * _math.fast_exp(m - x) + 1.0
                 m = x
             else:
-                s += lse.fast_exp(x - m)
+                s += _math.fast_exp(x - m)
         out[i] = m + math.log(s)
 
 

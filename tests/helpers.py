@@ -24,8 +24,9 @@ def assert_close3(out, ref32, ref64, atol=1e-6, name="out"):
     finite = np.isfinite(ref64)
     if not finite.any():
         return
-    err = np.where(finite, np.abs(out - ref64), 0.0)
-    err32 = np.where(finite & np.isfinite(ref32), np.abs(ref32 - ref64), 0.0)
+    with np.errstate(invalid="ignore"):   # inf - inf where not finite: masked out below
+        err = np.where(finite, np.abs(out - ref64), 0.0)
+        err32 = np.where(finite & np.isfinite(ref32), np.abs(ref32 - ref64), 0.0)
     tol = 2 * err32.max() + atol
     if err.max() > tol:
         bad = err > tol
@@ -35,6 +36,33 @@ def assert_close3(out, ref32, ref64, atol=1e-6, name="out"):
             f"(2*max|ref32-ref64|={2 * err32.max():.3e}, atol={atol:.1e}); worst at {worst}: "
             f"out={out[worst]!r}, ref64={ref64[worst]!r}; {int(bad.sum())} bad, first "
             f"{_first_mismatches(bad)}")
+
+
+def _scale(arrays):
+    finite = [np.abs(a[np.isfinite(a)]) for a in arrays]
+    return max([1.0] + [float(f.max()) for f in finite if f.size])
+
+
+def _cast(inputs, dtype):
+    return tuple(np.asarray(a, dtype) if isinstance(a, np.ndarray) else a for a in inputs)
+
+
+def check3(fast, reference, inputs, rtol32=1e-6, rtol64=1e-13, name="out"):
+    """float32: out vs ref32 vs ref64 (three-way); float64: out vs ref64.
+
+    ``fast`` and ``reference`` take ``inputs`` (arrays are cast to each dtype, other values passed
+    as they are) and return an array or a tuple of arrays. atol = rtol * max(1, max |finite
+    ref64|), since errors scale with the values' magnitude."""
+    as_tuple = lambda r: r if isinstance(r, tuple) else (r,)           # noqa: E731
+    r64 = as_tuple(reference(*_cast(inputs, np.float64)))
+    scale = _scale(r64)
+    for dtype, rtol in ((np.float32, rtol32), (np.float64, rtol64)):
+        ins = _cast(inputs, dtype)
+        out = as_tuple(fast(*ins))
+        r32 = as_tuple(reference(*ins)) if dtype == np.float32 else r64
+        for i, (o, a, b) in enumerate(zip(out, r32, r64, strict=True)):
+            assert o.dtype == dtype, f"{name}[{i}]: dtype {o.dtype}"
+            assert_close3(o, a, b, atol=rtol * scale, name=f"{name}[{i}] {np.dtype(dtype).name}")
 
 
 def to32(*arrays):

@@ -5,8 +5,7 @@ import pytest
 
 from fastvae import _reference as ref
 from fastvae.cpu import elbo, loglik
-from tests.helpers import check_backward
-from tests.test_loglik import check3
+from tests.helpers import check3, check_backward
 
 SIZES = [(1, 1, 1), (31, 257, 5), (257, 31, 20), (4099, 7, 3), (128, 784, 20)]   # (N, D, L)
 LIKELIHOODS = ("bernoulli", "gaussian")

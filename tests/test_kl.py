@@ -5,8 +5,7 @@ import pytest
 
 from fastvae import _reference as ref
 from fastvae.cpu import kl
-from tests.test_loglik import check3
-from tests.helpers import check_backward
+from tests.helpers import check3, check_backward
 
 SIZES = [(1, 1), (31, 257), (257, 31), (4099, 7), (128, 20)]   # serial and prange paths
 

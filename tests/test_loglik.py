@@ -1,40 +1,13 @@
 """fastvae.cpu.loglik against fastvae/_reference.py: Bernoulli and Gaussian row log-likelihoods,
-their backwards, the scalar math helpers, and finite differences of the reference backwards."""
-import math
-
-import numba
+their backwards, and finite differences of the reference backwards."""
 import numpy as np
 import pytest
 
 from fastvae import _reference as ref
 from fastvae.cpu import loglik
-from tests.helpers import assert_close3, check_backward
+from tests.helpers import check3, check_backward
 
 SIZES = [(1, 1), (31, 257), (257, 31), (4099, 7), (128, 784)]   # serial and prange paths
-
-
-def _scale(arrays):
-    finite = [np.abs(a[np.isfinite(a)]) for a in arrays]
-    return max([1.0] + [float(f.max()) for f in finite if f.size])
-
-
-def _cast(inputs, dtype):
-    return tuple(np.asarray(a, dtype) if isinstance(a, np.ndarray) else a for a in inputs)
-
-
-def check3(fast, reference, inputs, rtol32=1e-6, rtol64=1e-13, name="out"):
-    """float32: out vs ref32 vs ref64 (three-way); float64: out vs ref64.
-    atol = rtol * max(1, max |finite ref64|), since errors scale with the values' magnitude."""
-    as_tuple = lambda r: r if isinstance(r, tuple) else (r,)           # noqa: E731
-    r64 = as_tuple(reference(*_cast(inputs, np.float64)))
-    scale = _scale(r64)
-    for dtype, rtol in ((np.float32, rtol32), (np.float64, rtol64)):
-        ins = _cast(inputs, dtype)
-        out = as_tuple(fast(*ins))
-        r32 = as_tuple(reference(*ins)) if dtype == np.float32 else r64
-        for i, (o, a, b) in enumerate(zip(out, r32, r64, strict=True)):
-            assert o.dtype == dtype, f"{name}[{i}]: dtype {o.dtype}"
-            assert_close3(o, a, b, atol=rtol * scale, name=f"{name}[{i}] {np.dtype(dtype).name}")
 
 
 # forward and backward as functions of plain arrays (the caches differ between implementations)
@@ -165,43 +138,6 @@ def test_serial_and_parallel_kernels_agree(dtype):
     for serial, parallel in (outs[:2], outs[2:]):
         for a, b in zip(serial, parallel, strict=True):
             np.testing.assert_array_equal(a, b)
-
-
-# scalar helpers applied elementwise by a compiled loop. Not cached on disk: Numba's cache does not
-# notice changes in loglik.py (another file), and this test must see the current helpers.
-@numba.njit(cache=False)
-def _apply_helpers(a, e, out):
-    for i in range(a.shape[0]):
-        out[0, i] = loglik.softplus(a[i])
-        out[1, i] = loglik.sigmoid(a[i])
-        out[2, i] = loglik.exp_nonpositive(-abs(a[i]))
-        out[3, i] = loglik.log1p_unit(e[i])
-
-
-def test_scalar_helpers_against_numpy():
-    """softplus, sigmoid, exp_nonpositive, log1p_unit within a few ulp of NumPy; specials
-    (+-inf, NaN, underflow to 0) exactly as NumPy."""
-    rng = np.random.default_rng(8)
-    specials = np.array([0.0, -0.0, 1e-300, -1e-300, 1e-8, 30.0, -30.0, 36.7, -36.7, 708.0,
-                         -708.0, 744.0, -744.0, 745.5, -745.5, 746.0, 800.0, -800.0, 1e4, -1e4,
-                         np.inf, -np.inf, np.nan])
-    a = np.concatenate([rng.standard_normal(20000) * 20, rng.uniform(-750, 750, 20000),
-                        np.logspace(-20, 2, 2000), -np.logspace(-20, 2, 2000), specials])
-    e = np.exp(-np.abs(a))
-    out = np.empty((4, a.size))
-    _apply_helpers(a, e, out)
-    sig = np.where(a >= 0, 1.0, e) / (1.0 + e)    # stable two-branch sigmoid, NumPy's exp
-    with np.errstate(invalid="ignore"):
-        expected = (np.logaddexp(0.0, a), sig, e, np.log1p(e))
-    tiny = np.finfo(np.float64).tiny
-    for name, got, want, ulps in zip(("softplus", "sigmoid", "exp", "log1p"), out, expected,
-                                     (4, 6, 2, 2)):
-        np.testing.assert_array_equal(got[~np.isfinite(want)], want[~np.isfinite(want)],
-                                      err_msg=name)
-        finite = np.isfinite(want)
-        err = np.abs(got[finite] - want[finite])
-        bound = ulps * np.spacing(np.maximum(np.abs(want[finite]), tiny))
-        assert (err <= bound).all(), f"{name}: worst at {a[finite][np.argmax(err / bound)]!r}"
 
 
 def test_row_functions_in_float64():

@@ -1,6 +1,5 @@
 """The VAE: explicit backward against finite differences and the reference ops, the closed-form
 linear Gaussian model, determinism, resuming, divergence handling, checkpoints."""
-import os
 
 import numpy as np
 import pytest
