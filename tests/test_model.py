@@ -284,3 +284,32 @@ def test_ten_training_steps_match_the_reference_step_by_step():
             slow[n], m, v = ref.adam_update(slow[n], grads64[n], m, v, step, lr=1e-2)
             moments[n] = (m, v)
         assert loss == pytest.approx(loss64, rel=2e-5), f"step {step}"
+
+
+def test_log_likelihood_memory_does_not_grow_with_k():
+    """N x K x D float32 would be 4 x 4000 x 784 x 4 B = 50 MB; the streaming estimator with
+    max_pairs=256 must stay near its chunk size (~256 x 784 x 4 B = 0.8 MB per array)."""
+    import tracemalloc
+    model = _model("bernoulli", hidden=(64,), dtype="float32", D=784, L=8)
+    x = np.random.default_rng(12).random((4, 784)).astype(np.float32)
+    model.log_likelihood(x[:1], K=10, max_pairs=256)   # compile outside the measurement
+    tracemalloc.start()
+    model.log_likelihood(x, K=4000, max_pairs=256)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 8e6, f"peak {peak / 1e6:.1f} MB"
+
+
+def test_kl_warmup_and_early_stopping(monkeypatch):
+    x = np.random.default_rng(13).random((64, 12)).astype(np.float32)
+    model = _model(dtype="float32", D=12, L=2)
+    hist = _train(model, x, epochs=4, beta=0.5, warmup_epochs=2)
+    assert [h["beta"] for h in hist] == [0.25, 0.5, 0.5, 0.5]
+    scores = iter([-10.0, -9.0, -9.5, -9.8, -8.0])   # best at epoch 2, then two worse epochs
+    snapshots = []
+    monkeypatch.setattr(VAE, "elbo", lambda self, *a, **k: (
+        snapshots.append(self.params.flat.copy()), np.array([next(scores)]))[1])
+    model = _model(dtype="float32", D=12, L=2)
+    hist = _train(model, x, epochs=5, validation_data=x[:8], early_stopping_patience=2)
+    assert len(hist) == 4
+    np.testing.assert_array_equal(model.params.flat, snapshots[1])
