@@ -1,1 +1,21 @@
-"""CUDA backend (CuPy). Filled by the CUDA-backend issue; until then CuPy arrays are refused."""
+"""CUDA backend: CuPy launchers (this package) for the CUDA C kernels in kernels/ (package data).
+
+Layout per op, same file stem everywhere (see fastvae/cuda/adam.py + kernels/adam.cu, the template):
+
+- ``kernels/<stem>.cu``: math only. A ``template <typename T> __device__`` body ``<name>_kernel``
+  (outputs, then inputs, then sizes; shapes in comments; ``// math: fastvae/_reference.py::<fn>``)
+  and ``extern "C" __global__`` wrappers ``<name>_kernel_f32`` / ``<name>_kernel_f64``. Shared
+  helpers (NaN-propagating max, softplus/sigmoid, warp/block reductions, Philox normals, -inf
+  constants) are in ``kernels/common.cuh``.
+- ``fastvae/cuda/<stem>.py``: launchers with exactly the names and signatures of
+  ``fastvae/cpu/<stem>.py`` (``fastvae.ops`` and the model call either backend the same way).
+  They check shapes/dtypes, allocate outputs with ``array_module(x)`` (``xp.empty``), pick the
+  kernel with ``kernel(stem, f"<name>_kernel_{dtype_suffix(dtype)}")``, choose grid and block from
+  module-level constants (``THREADS_PER_BLOCK``, ...) and launch ``k((grid,), (block,), args)``
+  with scalars as NumPy scalars of the kernel's C types (``T(x)``, ``np.int32``, ``np.int64``).
+- ``fastvae/cuda/_module.py``: where the sources are, ``OPTIONS`` (the NVRTC options), the
+  per-stem ``cupy.RawModule`` cache, and ``use_module_factory`` which lets the tests run the same
+  launchers on NumPy arrays through the CPU host harness (tests/cuda_host).
+
+Adding an op, step by step: see the docstring of tests/cuda/conftest.py.
+"""
