@@ -7,6 +7,8 @@ import contextlib
 import importlib
 from types import SimpleNamespace
 
+import numpy as np
+
 DEVICES = ("cpu", "cuda")
 STEMS = ("dense", "random", "reparam", "kl", "loglik", "elbo", "logsumexp", "iwae", "adam")
 
@@ -18,6 +20,11 @@ def kernels(device):
         _require_cuda()
     return SimpleNamespace(**{stem: importlib.import_module(f"fastvae.{device}.{stem}")
                               for stem in STEMS}, xp=_array_module(device), device=device)
+
+
+def to_host(a):
+    """A NumPy array of ``a`` (a device-to-host copy for CuPy arrays, no copy for NumPy)."""
+    return a.get() if type(a).__module__.split(".")[0] == "cupy" else np.asarray(a)
 
 
 def _array_module(device):

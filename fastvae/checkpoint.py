@@ -13,17 +13,19 @@ import zipfile
 
 import numpy as np
 
+from ._backend import to_host
+
 FORMAT, VERSION = "fastvae-checkpoint", 1
 
 
 def save(model, path):
     path = os.fspath(path)
-    arrays = {f"params/{name}": np.asarray(model.params[name]) for name in model.params}
+    arrays = {f"params/{name}": to_host(model.params[name]) for name in model.params}
     meta = {"format": FORMAT, "version": VERSION, "config": model.config(),
             "history": model.history, "optimizer": None}
     state = model.optimizer_state
     if state is not None:
-        arrays["optimizer/m"], arrays["optimizer/v"] = np.asarray(state.m), np.asarray(state.v)
+        arrays["optimizer/m"], arrays["optimizer/v"] = to_host(state.m), to_host(state.v)
         meta["optimizer"] = state.settings()
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     _atomic_savez(path, arrays)

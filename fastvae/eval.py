@@ -11,7 +11,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import _validate as check
-from ._backend import blas_owns_the_cores
+from ._backend import blas_owns_the_cores, to_host
 
 # Decoder work per chunk: 4096 (x, z) pairs. For 784-400-20-400-784 in float32 that is 12.8 MB of
 # decoder output + 6.6 MB of hidden activations; the row state (m, s) is 16 bytes per example.
@@ -31,7 +31,8 @@ def rows_of(model, x, name="x"):
 
 
 def _chunk(model, x, start, stop):
-    return np.ascontiguousarray(x[start:stop], dtype=model.dtype)
+    """Rows start:stop as a contiguous array of the model's dtype on the model's device."""
+    return model.k.xp.asarray(np.ascontiguousarray(x[start:stop], dtype=model.dtype))
 
 
 def map_rows(model, x, fn, batch_size=4096):
@@ -39,8 +40,8 @@ def map_rows(model, x, fn, batch_size=4096):
     x = rows_of(model, x)
     parts = [fn(_chunk(model, x, i, i + batch_size)) for i in range(0, x.shape[0], batch_size)]
     if isinstance(parts[0], tuple):
-        return tuple(np.concatenate(p) for p in zip(*parts))
-    return np.concatenate(parts)
+        return tuple(np.concatenate([to_host(a) for a in p]) for p in zip(*parts))
+    return np.concatenate([to_host(a) for a in parts])
 
 
 def _noise(model, seed, first_row, n_rows, K, first_k, n_k):
@@ -55,7 +56,7 @@ def _noise(model, seed, first_row, n_rows, K, first_k, n_k):
 def _log_weights(model, x, mu, logvar, eps):
     """x (n, D), mu/logvar (n, L), eps (n, k, L) -> log w (n, k)."""
     n, k, L = eps.shape
-    mu_rep, logvar_rep = np.repeat(mu, k, axis=0), np.repeat(logvar, k, axis=0)
+    mu_rep, logvar_rep = mu.repeat(k, axis=0), logvar.repeat(k, axis=0)
     z, _ = model.k.reparam.reparam_forward(mu_rep, logvar_rep, eps.reshape(n * k, L))
     out, _ = model._decode(z)
     logw, _ = model.k.iwae.log_weight_forward(x, out.reshape(n, k, -1), mu, logvar, eps,
@@ -84,15 +85,15 @@ def log_likelihood(model, x, K=5000, seed=None, max_pairs=DEFAULT_MAX_PAIRS, pro
         for r0 in range(0, n_rows, rows_per_chunk):
             xc = _chunk(model, x, r0, r0 + rows_per_chunk)
             mu, logvar, _ = model._encode(xc)
-            m = np.full(len(xc), -np.inf, model.dtype)
-            s = np.zeros(len(xc), model.dtype)
+            m = model.k.xp.full(len(xc), -np.inf, model.dtype)
+            s = model.k.xp.zeros(len(xc), model.dtype)
             for k0 in range(0, K, k_per_chunk):
                 n_k = min(k_per_chunk, K - k0)
                 eps = _noise(model, seed, r0, len(xc), K, k0, n_k)
                 m, s = lse.logsumexp_merge(m, s, *lse.logsumexp_partial(
                     _log_weights(model, xc, mu, logvar, eps)))
                 bar.update(len(xc) * n_k)
-            result[r0:r0 + len(xc)] = lse.logsumexp_finalize(m, s) - math.log(K)
+            result[r0:r0 + len(xc)] = to_host(lse.logsumexp_finalize(m, s)) - math.log(K)
     return result
 
 
@@ -114,12 +115,12 @@ def elbo(model, x, k=1, seed=None, batch_size=1024):
 def _elbo_chunk(model, x, eps):
     n, k, L = eps.shape
     mu, logvar, _ = model._encode(x)
-    mu_rep, logvar_rep = np.repeat(mu, k, axis=0), np.repeat(logvar, k, axis=0)
+    mu_rep, logvar_rep = mu.repeat(k, axis=0), logvar.repeat(k, axis=0)
     z, _ = model.k.reparam.reparam_forward(mu_rep, logvar_rep, eps.reshape(n * k, L))
     out, _ = model._decode(z)
-    per_pair, _ = model.k.elbo.elbo_forward(np.repeat(x, k, axis=0), out, mu_rep, logvar_rep,
+    per_pair, _ = model.k.elbo.elbo_forward(x.repeat(k, axis=0), out, mu_rep, logvar_rep,
                                             model.likelihood, model._decoder_logvar(), 1.0)
-    return per_pair.reshape(n, k).astype(np.float64).mean(axis=1)
+    return to_host(per_pair).reshape(n, k).astype(np.float64).mean(axis=1)
 
 
 def _no_bar(progress):

@@ -186,7 +186,8 @@ class VAE:
             x, out.reshape(b, k_samples, -1), mu, logvar, eps, self.likelihood,
             self._decoder_logvar())
         estimate, iw_cache = self.k.iwae.iwae_forward(logw)
-        dlogw = self.k.iwae.iwae_backward(np.full(b, -1.0 / b, dtype=self.dtype), iw_cache)
+        dlogw = self.k.iwae.iwae_backward(self.k.xp.full(b, -1.0 / b, dtype=self.dtype),
+                                          iw_cache)
         grads = self.k.iwae.log_weight_backward(dlogw, lw_cache)
         dout = grads[0].reshape(b * k_samples, -1)
         return (-float(estimate.mean()), dout, grads[1], grads[2],
@@ -199,13 +200,13 @@ class VAE:
         -> (loss, grads): loss the mean negative ELBO (objective="elbo") or negative IWAE bound
         (objective="iwae"); grads a dict with the keys of ``params`` (new arrays).
         """
-        x, eps = self._batch_inputs(x, eps)
+        x, eps = (self.k.xp.asarray(a) for a in self._batch_inputs(x, eps))
         check.choice("objective", objective, OBJECTIVES)
         beta = check.real_scalar("beta", beta, low=0.0)
         grads = self.params.zeros_like()
         with _backend.blas_owns_the_cores(self.device):
             loss = self._loss_and_grads_into(x, eps, grads, objective, beta)
-        return loss, {name: grads[name].copy() for name in grads}
+        return loss, {name: _backend.to_host(grads[name]).copy() for name in grads}
 
     def _batch_inputs(self, x, eps):
         (x,) = check.float_arrays({"x": (x, ("B", "D"))}, dtype=self.dtype)
@@ -230,10 +231,12 @@ class VAE:
     def decode(self, z):
         """z (N, L) -> (N, D): Bernoulli probabilities, or the Gaussian means."""
         (z,) = check.float_arrays({"z": (z, ("N", "L"))}, dtype=self.dtype)
+        z = self.k.xp.asarray(z)
         if z.shape[1] != self.latent_dim:
             raise ValueError(f"z must have latent_dim = {self.latent_dim} columns, got {z.shape}")
         out, _ = self._decode(z)
-        return _sigmoid(out) if self.likelihood == "bernoulli" else out
+        out = _sigmoid(out) if self.likelihood == "bernoulli" else out
+        return _backend.to_host(out).astype(self.dtype, copy=False)
 
     def reconstruct(self, x):
         """x (N, D) -> decode(mu(x)) (N, D)."""
@@ -244,6 +247,18 @@ class VAE:
         n = check.integer("n", n, 1)
         seed = self.seed + 1 if seed is None else seed
         return self.decode(self.k.random.normal((n, self.latent_dim), seed, 0, self.dtype))
+
+    def to(self, device):
+        """Move the parameters (and optimizer state) to ``device`` ("cpu" or "cuda"); returns self.
+        Training and evaluation then run entirely there."""
+        kernels = _backend.kernels(device)
+        flat = kernels.xp.asarray(_backend.to_host(self.params.flat))
+        self.device, self.k = device, kernels
+        self.params = ParamStore(self.params.shapes, self.dtype, kernels.xp)
+        self.params.flat[...] = flat
+        if self.optimizer_state is not None:
+            self.optimizer_state.move_to(self)
+        return self
 
     # -----------------------------------------------------------------------------------------
     # training, evaluation, persistence (in their own modules)
@@ -280,7 +295,7 @@ class VAE:
 
 def _repeat_rows(a, k):
     """(B, C) -> (B*k, C), each row k times in a row; no copy for k = 1."""
-    return a if k == 1 else np.repeat(a, k, axis=0)
+    return a if k == 1 else a.repeat(k, axis=0)
 
 
 def _sum_samples(a, b, k):
@@ -289,4 +304,9 @@ def _sum_samples(a, b, k):
 
 
 def _sigmoid(a):
-    return np.exp(-np.logaddexp(0, -a)).astype(a.dtype)
+    """Stable sigmoid on either device: e / (1 + e) with e = exp(-|a|) for a < 0."""
+    e = abs(a)
+    e *= -1
+    xp = np if isinstance(a, np.ndarray) else __import__("cupy")
+    xp.exp(e, out=e)
+    return xp.where(a >= 0, 1, e) / (1 + e)

@@ -1,5 +1,6 @@
 """Adam over a model's flat parameter buffer: one fused in-place kernel call per step."""
 from . import _validate as check
+from ._backend import to_host as _to_host
 
 
 class Adam:
@@ -20,6 +21,12 @@ class Adam:
         self.step += 1
         self.model.k.adam.adam_update(self.model.params.flat, grad_flat, self.m, self.v,
                                       self.step, self.lr, self.beta1, self.beta2, self.eps)
+
+    def move_to(self, model):
+        """Re-home m and v on the model's device (after ``model.to``)."""
+        self.model = model
+        self.m = model.k.xp.asarray(_to_host(self.m))
+        self.v = model.k.xp.asarray(_to_host(self.v))
 
     def settings(self):
         return dict(step=self.step, lr=self.lr, beta1=self.beta1, beta2=self.beta2, eps=self.eps)

@@ -7,6 +7,8 @@ the same layout. Assigning an array to a name copies it into its view (same shap
 """
 from collections.abc import MutableMapping
 
+import importlib
+
 import numpy as np
 
 
@@ -34,7 +36,8 @@ class ParamStore(MutableMapping):
                              f"{tuple(value.shape)}")
         if value.dtype.kind != "f":
             raise TypeError(f"params[{name!r}] must be a floating array, got {value.dtype}")
-        self._views[name][...] = value
+        view = self._views[name]
+        view[...] = value if type(value) is type(view) else _array_module(view).asarray(value)
 
     def __delitem__(self, name):
         raise TypeError("parameters cannot be removed; the architecture fixes them")
@@ -51,10 +54,10 @@ class ParamStore(MutableMapping):
 
     def zeros_like(self):
         """A store of the same layout, filled with zeros (gradients, optimizer moments)."""
-        xp = np if isinstance(self.flat, np.ndarray) else _array_module(self.flat)
-        return ParamStore(self.shapes, self.flat.dtype, xp)
+        return ParamStore(self.shapes, self.flat.dtype, _array_module(self.flat))
 
 
 def _array_module(a):
-    import importlib
-    return importlib.import_module(type(a).__module__.split(".")[0])
+    """numpy for NumPy arrays, cupy for CuPy arrays."""
+    return np if isinstance(a, np.ndarray) else importlib.import_module(
+        type(a).__module__.split(".")[0])

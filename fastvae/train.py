@@ -141,7 +141,7 @@ class _Loop:
                                   else self.x[rows], dtype=self.model.dtype)
         if self.o["binarize"] == "dynamic":
             xb = bernoulli_draws(xb, draws)
-        return xb
+        return self.model.k.xp.asarray(xb)   # the one host-to-device copy of a step (GPU)
 
     def beta(self, epoch_progress):
         warm = self.o["warmup_epochs"]

@@ -313,3 +313,20 @@ def test_kl_warmup_and_early_stopping(monkeypatch):
     hist = _train(model, x, epochs=5, validation_data=x[:8], early_stopping_patience=2)
     assert len(hist) == 4
     np.testing.assert_array_equal(model.params.flat, snapshots[1])
+
+
+def test_cuda_device_without_a_gpu_fails_clearly_and_to_cpu_round_trips():
+    try:
+        import cupy
+        has_gpu = cupy.cuda.is_available()
+    except ImportError:
+        has_gpu = False
+    if not has_gpu:
+        with pytest.raises(RuntimeError, match="device='cuda' needs"):
+            VAE(12, (5,), 2, device="cuda")
+    model = _model(dtype="float32", D=12, L=2)
+    before = model.params.flat.copy()
+    assert model.to("cpu") is model
+    np.testing.assert_array_equal(model.params.flat, before)
+    with pytest.raises(ValueError, match="device must be one of"):
+        model.to("tpu")
