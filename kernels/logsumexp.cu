@@ -1,0 +1,184 @@
+// logsumexp.cu: log-sum-exp over the last axis, one-shot and streaming (partial / merge / finalize),
+// and its backward (the softmax times the upstream gradient).
+// Launcher: fastvae/cuda/logsumexp.py. CPU twin: fastvae/cpu/logsumexp.py.
+//
+//     lse_n = log sum_k exp(a_nk) = m_n + log s_n,   m_n = max_k a_nk,   s_n = sum_k exp(a_nk - m_n)
+//
+// Special rows exactly as fastvae/_reference.py: all -inf -> (m, s) = (-inf, 0) -> lse -inf;
+// holding +inf -> (+inf, 1) -> +inf; holding NaN -> (NaN, NaN) -> NaN.
+//
+// Row kernels (partial, forward): ONE BLOCK PER ROW, rows grid-strided over blocks. K is 1000-5000
+// in the IWAE evaluation and only N = 128 rows exist, so a thread per row would leave the GPU idle
+// and read with stride K; a block reads each row coalesced, every thread holds K / blockDim terms,
+// and the block combines them with warp shuffles + 32 words of shared memory (block_max_all /
+// block_sum_all). Two passes over the row (block max, then the sum of exp(a - m)), as the CPU
+// kernel: the second pass hits L1/L2 (a row is 4-20 KB), so the one-pass online update would save
+// no DRAM traffic. Bytes per element: forward / partial read a once from DRAM (4 B float32, 8 B
+// float64) plus an L1/L2 re-read; backward reads a, writes da (8 B / 16 B), dlse and lse per row.
+//
+// Numerics: each thread sums its strided terms in T, then the block adds the per-thread sums as a
+// tree (warp butterfly, then across warps): error O((K / blockDim + log2 blockDim) eps), e.g. 20 + 8
+// roundings for K = 5000 and 256 threads. m + log s is formed in double and rounded once to T (one
+// per row, as the CPU kernel). The merge works in double, as the CPU kernel.
+#include "common.cuh"
+
+// The streaming state (m, s) of the row a_row[0:k], in every thread of the block. Every thread
+// of the block must call (block reductions have barriers). scratch: __shared__ T[32].
+// math: fastvae/_reference.py::logsumexp_partial
+template <typename T>
+__device__ __forceinline__ void row_state(T& m_out, T& s_out, const T* __restrict__ a_row,
+                                          long long k, T* scratch) {
+    T m = fv_neg_inf(T(0));
+    for (long long j = threadIdx.x; j < k; j += blockDim.x) m = fv_max(m, a_row[j]);   // NaN kept
+    m = block_max_all(m, scratch);
+    // exp(a - mf): m = +-inf or NaN -> mf = 0, each term then 0, inf or NaN, fixed up below
+    const T mf = (m > fv_neg_inf(m) && m < fv_inf(m)) ? m : T(0);
+    T s = T(0);
+    for (long long j = threadIdx.x; j < k; j += blockDim.x) s += fv_exp(a_row[j] - mf);
+    s = block_sum_all(s, scratch);
+    if (m != m) s = m;                     // a NaN in the row: (NaN, NaN)
+    else if (m == fv_inf(m)) s = T(1);     // +inf in the row: (+inf, 1)
+    m_out = m;                             // all -inf: (-inf, 0), each exp(-inf - 0) being 0
+    s_out = s;
+}
+
+template <typename T>
+__device__ __forceinline__ void logsumexp_partial_kernel(T* __restrict__ m, T* __restrict__ s,
+                                                         const T* __restrict__ a, int n,
+                                                         long long k, T* scratch) {
+    // m, s (N,); a (N, K). One block per row (grid-stride over rows: block-uniform loop).
+    for (int i = blockIdx.x; i < n; i += gridDim.x) {
+        T mi, si;
+        row_state(mi, si, a + (long long)i * k, k, scratch);
+        if (threadIdx.x == 0) {
+            m[i] = mi;
+            s[i] = si;
+        }
+    }
+}
+
+// math: fastvae/_reference.py::logsumexp_forward
+template <typename T>
+__device__ __forceinline__ void logsumexp_forward_kernel(T* __restrict__ lse, const T* __restrict__ a,
+                                                         int n, long long k, T* scratch) {
+    // lse (N,); a (N, K). One block per row.
+    for (int i = blockIdx.x; i < n; i += gridDim.x) {
+        T mi, si;
+        row_state(mi, si, a + (long long)i * k, k, scratch);
+        // m + log s in double: -inf for (-inf, 0), +inf for (+inf, 1), NaN for NaN
+        if (threadIdx.x == 0) lse[i] = (T)((double)mi + log((double)si));
+    }
+}
+
+// math: fastvae/_reference.py::logsumexp_backward
+template <typename T>
+__device__ __forceinline__ void logsumexp_backward_kernel(T* __restrict__ da,
+                                                          const T* __restrict__ dlse,
+                                                          const T* __restrict__ a,
+                                                          const T* __restrict__ lse, long long n,
+                                                          long long k) {
+    // da, a (N, K); dlse, lse (N,). Elementwise over the N K entries (grid-stride): K may be small.
+    for (long long idx = fv_global_index(); idx < n * k; idx += fv_grid_stride()) {
+        const long long i = idx / k;
+        const T dlse_i = dlse[i], lse_i = lse[i];
+        // dlse_i * 0 on an all -inf row (lse_i = -inf): NaN if dlse_i is NaN, as the reference
+        da[idx] = (lse_i == fv_neg_inf(lse_i)) ? dlse_i * T(0) : dlse_i * fv_exp(a[idx] - lse_i);
+    }
+}
+
+// math: fastvae/_reference.py::logsumexp_merge
+template <typename T>
+__device__ __forceinline__ void logsumexp_merge_kernel(T* __restrict__ m, T* __restrict__ s,
+                                                       const T* __restrict__ m1,
+                                                       const T* __restrict__ s1,
+                                                       const T* __restrict__ m2,
+                                                       const T* __restrict__ s2, long long n) {
+    // m, s, m1, s1, m2, s2 (N,); double arithmetic, as the CPU kernel
+    for (long long i = fv_global_index(); i < n; i += fv_grid_stride()) {
+        const double a1 = (double)m1[i], a2 = (double)m2[i];
+        const double mm = fv_max(a1, a2);                            // NaN in either -> NaN
+        const double mf = (mm > FV_NEG_INF_D && mm < FV_INF_D) ? mm : 0.0;
+        const double t1 = (a1 == FV_NEG_INF_D) ? 0.0 : (double)s1[i] * exp(a1 - mf);
+        const double t2 = (a2 == FV_NEG_INF_D) ? 0.0 : (double)s2[i] * exp(a2 - mf);
+        m[i] = (T)mm;
+        s[i] = (T)((mm == FV_INF_D) ? 1.0 : t1 + t2);
+    }
+}
+
+// math: fastvae/_reference.py::logsumexp_finalize
+template <typename T>
+__device__ __forceinline__ void logsumexp_finalize_kernel(T* __restrict__ lse,
+                                                          const T* __restrict__ m,
+                                                          const T* __restrict__ s, long long n) {
+    // lse, m, s (N,)
+    for (long long i = fv_global_index(); i < n; i += fv_grid_stride())
+        lse[i] = (T)((double)m[i] + log((double)s[i]));
+}
+
+// ---- extern "C" wrappers -------------------------------------------------------------------------
+extern "C" __global__ void logsumexp_partial_kernel_f32(float* __restrict__ m, float* __restrict__ s,
+                                                        const float* __restrict__ a, int n,
+                                                        long long k) {
+    __shared__ float scratch[32];
+    logsumexp_partial_kernel(m, s, a, n, k, scratch);
+}
+extern "C" __global__ void logsumexp_partial_kernel_f64(double* __restrict__ m, double* __restrict__ s,
+                                                        const double* __restrict__ a, int n,
+                                                        long long k) {
+    __shared__ double scratch[32];
+    logsumexp_partial_kernel(m, s, a, n, k, scratch);
+}
+
+extern "C" __global__ void logsumexp_forward_kernel_f32(float* __restrict__ lse,
+                                                        const float* __restrict__ a, int n,
+                                                        long long k) {
+    __shared__ float scratch[32];
+    logsumexp_forward_kernel(lse, a, n, k, scratch);
+}
+extern "C" __global__ void logsumexp_forward_kernel_f64(double* __restrict__ lse,
+                                                        const double* __restrict__ a, int n,
+                                                        long long k) {
+    __shared__ double scratch[32];
+    logsumexp_forward_kernel(lse, a, n, k, scratch);
+}
+
+extern "C" __global__ void logsumexp_backward_kernel_f32(float* __restrict__ da,
+                                                         const float* __restrict__ dlse,
+                                                         const float* __restrict__ a,
+                                                         const float* __restrict__ lse, long long n,
+                                                         long long k) {
+    logsumexp_backward_kernel(da, dlse, a, lse, n, k);
+}
+extern "C" __global__ void logsumexp_backward_kernel_f64(double* __restrict__ da,
+                                                         const double* __restrict__ dlse,
+                                                         const double* __restrict__ a,
+                                                         const double* __restrict__ lse, long long n,
+                                                         long long k) {
+    logsumexp_backward_kernel(da, dlse, a, lse, n, k);
+}
+
+extern "C" __global__ void logsumexp_merge_kernel_f32(float* __restrict__ m, float* __restrict__ s,
+                                                      const float* __restrict__ m1,
+                                                      const float* __restrict__ s1,
+                                                      const float* __restrict__ m2,
+                                                      const float* __restrict__ s2, long long n) {
+    logsumexp_merge_kernel(m, s, m1, s1, m2, s2, n);
+}
+extern "C" __global__ void logsumexp_merge_kernel_f64(double* __restrict__ m, double* __restrict__ s,
+                                                      const double* __restrict__ m1,
+                                                      const double* __restrict__ s1,
+                                                      const double* __restrict__ m2,
+                                                      const double* __restrict__ s2, long long n) {
+    logsumexp_merge_kernel(m, s, m1, s1, m2, s2, n);
+}
+
+extern "C" __global__ void logsumexp_finalize_kernel_f32(float* __restrict__ lse,
+                                                         const float* __restrict__ m,
+                                                         const float* __restrict__ s, long long n) {
+    logsumexp_finalize_kernel(lse, m, s, n);
+}
+extern "C" __global__ void logsumexp_finalize_kernel_f64(double* __restrict__ lse,
+                                                         const double* __restrict__ m,
+                                                         const double* __restrict__ s, long long n) {
+    logsumexp_finalize_kernel(lse, m, s, n);
+}
