@@ -195,3 +195,21 @@ __device__ __forceinline__ long long fv_global_index() {
     return (long long)blockIdx.x * blockDim.x + threadIdx.x;
 }
 __device__ __forceinline__ long long fv_grid_stride() { return (long long)gridDim.x * blockDim.x; }
+
+// ---- random (kernels/random.cu, kernels/reparam.cu) ------------------------------------------------
+// Added for the random/reparam ops: the overloads their templated bodies call, so a `T` body picks
+// the float or double normals and the word of a lane without branching on the type.
+
+// Word `lane` (0..3) of a Philox block (no dynamic indexing into a local array).
+__device__ __forceinline__ unsigned fv_lane(uint4 v, int lane) {
+    return lane == 0 ? v.x : lane == 1 ? v.y : lane == 2 ? v.z : v.w;
+}
+// The four normals of Philox block b in the type of the last (tag) argument.
+__device__ __forceinline__ float4 philox_normals4(unsigned long long b, unsigned k0, unsigned k1,
+                                                  float) {
+    return philox_normals4_f32(b, k0, k1);
+}
+__device__ __forceinline__ fv_double4 philox_normals4(unsigned long long b, unsigned k0,
+                                                      unsigned k1, double) {
+    return philox_normals4_f64(b, k0, k1);
+}
