@@ -26,8 +26,8 @@ Precision: the Philox words and uniforms are bit-identical on every backend. flo
 match the reference to ~1e-15; float32 normals are computed in float32 and agree with the
 float64 reference to ~5e-7 absolute (see fastvae/cpu/random.py).
 
-Backends: NumPy (CPU, Numba kernels) for now; these functions return NumPy arrays. A CUDA backend
-that produces the same stream on the GPU comes later.
+Backends: ``device="cpu"`` (Numba kernels, NumPy arrays) or ``device="cuda"`` (kernels/random.cu,
+CuPy arrays): the same seed and offset give the same uniforms on both.
 """
 import operator
 
@@ -102,7 +102,16 @@ def philox4x32_10(counters, key):
     return _cpu.philox4x32_10(counters, key)
 
 
-def normal(shape, seed, offset=0, dtype=np.float32):
+def _backend(device):
+    if device == "cpu":
+        return _cpu
+    if device == "cuda":
+        from fastvae._backend import kernels
+        return kernels("cuda").random   # clear RuntimeError without CuPy or a GPU
+    raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+
+
+def normal(shape, seed, offset=0, dtype=np.float32, device="cpu"):
     """Standard normals from the Philox stream of ``seed``, starting at index ``offset``.
 
     shape: int or tuple of non-negative ints; seed: int in [0, 2^64); offset: int >= 0, counted
@@ -110,13 +119,13 @@ def normal(shape, seed, offset=0, dtype=np.float32):
     float64. Element j (C order) is the normal of global index ``offset + j``: lane
     ``(offset + j) % 4`` of Philox block ``(offset + j) // 4``, by Box-Muller (module docstring).
     Raises TypeError for non-integer shape/seed/offset and ValueError for values out of range or
-    another dtype.
+    another dtype. device "cuda" returns a CuPy array.
     """
     shape, seed, offset, dtype = _check_stream(shape, seed, offset, dtype)
-    return _cpu.normal(shape, seed, offset, dtype)
+    return _backend(device).normal(shape, seed, offset, dtype)
 
 
-def uniform(shape, seed, offset=0, dtype=np.float32):
+def uniform(shape, seed, offset=0, dtype=np.float32, device="cpu"):
     """Uniforms ``((bits >> 9) + 0.5) * 2^-23`` from the Philox stream of ``seed``.
 
     Same indexing and arguments as ``normal``: element j is built from word
@@ -125,4 +134,4 @@ def uniform(shape, seed, offset=0, dtype=np.float32):
     uniforms that ``normal`` transforms, four per block.
     """
     shape, seed, offset, dtype = _check_stream(shape, seed, offset, dtype)
-    return _cpu.uniform(shape, seed, offset, dtype)
+    return _backend(device).uniform(shape, seed, offset, dtype)

@@ -248,3 +248,16 @@ def test_philox_argument_errors(counters, key, error, match):
 def test_stream_argument_errors(fn, kwargs, error, match):
     with pytest.raises(error, match=match):
         fn(**kwargs)
+
+
+def test_device_argument():
+    with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda'"):
+        frandom.normal(3, 1, device="tpu")
+    try:
+        import cupy
+        has_gpu = cupy.cuda.is_available()
+    except ImportError:
+        has_gpu = False
+    if not has_gpu:
+        with pytest.raises(RuntimeError, match="device='cuda' needs"):
+            frandom.uniform(3, 1, device="cuda")
