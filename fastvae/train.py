@@ -137,8 +137,12 @@ class _Loop:
         return record
 
     def _batch(self, rows, draws):
-        xb = np.ascontiguousarray(self.x[np.sort(rows)] if isinstance(self.x, np.memmap)
-                                  else self.x[rows], dtype=self.model.dtype)
+        if isinstance(self.x, np.memmap):   # read rows in file order, then restore the order
+            in_file_order = np.sort(rows)
+            xb = np.asarray(self.x[in_file_order])[np.searchsorted(in_file_order, rows)]
+        else:
+            xb = self.x[rows]
+        xb = np.ascontiguousarray(xb, dtype=self.model.dtype)
         if self.o["binarize"] == "dynamic":
             xb = bernoulli_draws(xb, draws)
         return self.model.k.xp.asarray(xb)   # the one host-to-device copy of a step (GPU)

@@ -330,3 +330,12 @@ def test_cuda_device_without_a_gpu_fails_clearly_and_to_cpu_round_trips():
     np.testing.assert_array_equal(model.params.flat, before)
     with pytest.raises(ValueError, match="device must be one of"):
         model.to("tpu")
+
+
+def test_training_from_a_memmap_equals_training_from_memory(tmp_path):
+    x = np.random.default_rng(14).random((50, 12)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    a, b = _model(dtype="float32", D=12, L=2), _model(dtype="float32", D=12, L=2)
+    _train(a, x, binarize="dynamic")
+    _train(b, np.load(tmp_path / "x.npy", mmap_mode="r"), binarize="dynamic")
+    np.testing.assert_array_equal(a.params.flat, b.params.flat)
