@@ -190,6 +190,7 @@ def test_resume_from_checkpoint_continues_exactly(tmp_path):
     np.testing.assert_array_equal(resumed.params.flat, straight.params.flat)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered in matmul")
 def test_divergence_stops_with_the_step_and_keeps_the_last_good_parameters(tmp_path):
     x = np.random.default_rng(8).random((40, 12)).astype(np.float32)
     model = _model(dtype="float32", D=12, L=2)
