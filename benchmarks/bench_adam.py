@@ -52,6 +52,8 @@ def test_adam(benchmark, p):
     tmp = np.empty_like(param)
     common.run_pair(benchmark, lambda: adam.adam_update(param, grad, m, v, 7, LR, B1, B2, EPS),
                     lambda: numpy_adam(param, grad, m, v, 7, tmp), op="adam step",
+                    cuda_fn=common.cuda_call("adam", "adam_update", param, grad, m, v, 7, LR, B1,
+                                             B2, EPS),
                     size=(p,), dtype=np.float32, nbytes=4 * 7 * p)
 
 

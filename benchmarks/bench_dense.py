@@ -62,6 +62,7 @@ def test_dense_forward(benchmark, I, O, activation, N):
     common.run_pair(benchmark, lambda: dense.dense_forward(x, W, b, activation),
                     lambda: numpy_forward(x, W, b, activation),
                     op=f"dense_forward {activation}", size=(N, I, O), dtype=np.float32,
+                    cuda_fn=common.cuda_call("dense", "dense_forward", x, W, b, activation),
                     flops=2.0 * N * I * O)
 
 
@@ -77,4 +78,5 @@ def test_dense_backward(benchmark, I, O, activation, N):
     common.run_pair(benchmark, lambda: dense.dense_backward(dy, cache),
                     lambda: numpy_backward(dy, x, W, y_np, activation),
                     op=f"dense_backward {activation}", size=(N, I, O), dtype=np.float32,
+                    cuda_fn=common.cuda_backward("dense", "dense", dy, x, W, b, activation),
                     flops=4.0 * N * I * O)

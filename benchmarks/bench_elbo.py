@@ -35,11 +35,11 @@ def numpy_elbo(x, dec_out, mu, logvar, likelihood, dec_logvar, beta):
     return -np.mean(ll - beta * kl), (grads[0], dmu, dlogvar) + grads[1:]
 
 
-def separate_elbo(x, dec_out, mu, logvar, likelihood, dec_logvar, beta):
+def separate_elbo(x, dec_out, mu, logvar, likelihood, dec_logvar, beta, elbo=elbo):
     out, cache = elbo.elbo_forward(x, dec_out, mu, logvar, likelihood, dec_logvar, beta)
-    n = x.shape[0]
+    n = x.shape[0]   # np.mean / np.full_like dispatch to CuPy for the CUDA column
     return -float(np.mean(out, dtype=np.float64)), elbo.elbo_backward(
-        np.full(n, -1.0 / n, dtype=x.dtype), cache)
+        np.full_like(out, -1.0 / n), cache)
 
 
 def inputs(n, likelihood):
@@ -72,6 +72,7 @@ def test_elbo_fused(benchmark, n, likelihood):
     _check(elbo.elbo_loss_and_grads(*args), numpy_elbo(*args))
     common.run_pair(benchmark, lambda: elbo.elbo_loss_and_grads(*args), lambda: numpy_elbo(*args),
                     op=f"elbo fused {likelihood[:5]}", size=(n, D, L), dtype=np.float32,
+                    cuda_fn=common.cuda_call("elbo", "elbo_loss_and_grads", *args),
                     nbytes=_nbytes(n, likelihood))
 
 
@@ -82,4 +83,6 @@ def test_elbo_separate(benchmark, n, likelihood):
     _check(separate_elbo(*args), numpy_elbo(*args))
     common.run_pair(benchmark, lambda: separate_elbo(*args), lambda: numpy_elbo(*args),
                     op=f"elbo fwd+bwd {likelihood[:5]}", size=(n, D, L), dtype=np.float32,
+                    cuda_fn=common.maybe_cuda(
+                        "elbo", lambda k, *d: lambda: separate_elbo(*d, elbo=k), *args),
                     nbytes=_nbytes(n, likelihood))

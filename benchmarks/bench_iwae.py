@@ -96,7 +96,8 @@ def test_iwae_forward(benchmark, n, k):
     logw = (10 * np.random.default_rng(k).standard_normal((n, k)) - 100).astype(np.float32)
     _close(iwae.iwae_forward(logw)[0], numpy_iwae(logw)[0])
     common.run_pair(benchmark, lambda: iwae.iwae_forward(logw), lambda: numpy_iwae(logw),
-                    op="iwae fwd", size=(n, k), dtype=np.float32, nbytes=4 * (n * k + n))
+                    op="iwae fwd", size=(n, k), dtype=np.float32, nbytes=4 * (n * k + n),
+                    cuda_fn=common.cuda_call("iwae", "iwae_forward", logw))
 
 
 @pytest.mark.parametrize("n,k", [(128, 64), (128, 5000)])
@@ -112,7 +113,8 @@ def test_iwae_backward(benchmark, n, k):
 
     _close(iwae.iwae_backward(dest, cache), numpy_backward())
     common.run_pair(benchmark, lambda: iwae.iwae_backward(dest, cache), numpy_backward,
-                    op="iwae bwd", size=(n, k), dtype=np.float32, nbytes=4 * (2 * n * k + 2 * n))
+                    op="iwae bwd", size=(n, k), dtype=np.float32, nbytes=4 * (2 * n * k + 2 * n),
+                    cuda_fn=common.cuda_backward("iwae", "iwae", dest, logw))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,7 +127,8 @@ def test_log_weight_forward(benchmark, likelihood):
     _close(iwae.log_weight_forward(*args)[0], numpy_log_weight(*args))
     common.run_pair(benchmark, lambda: iwae.log_weight_forward(*args),
                     lambda: numpy_log_weight(*args), op=f"log_weight fwd {likelihood}",
-                    size=(N, K, D, L), dtype=np.float32, nbytes=_bytes_forward(N, K, D, L))
+                    size=(N, K, D, L), dtype=np.float32, nbytes=_bytes_forward(N, K, D, L),
+                    cuda_fn=common.cuda_call("iwae", "log_weight_forward", *args))
 
 
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
@@ -139,7 +142,8 @@ def test_log_weight_backward(benchmark, likelihood):
     common.run_pair(benchmark, lambda: iwae.log_weight_backward(dlogw, cache),
                     lambda: numpy_log_weight_backward(dlogw, *args),
                     op=f"log_weight bwd {likelihood}", size=(N, K, D, L), dtype=np.float32,
-                    nbytes=_bytes_backward(N, K, D, L))
+                    nbytes=_bytes_backward(N, K, D, L),
+                    cuda_fn=common.cuda_backward("iwae", "log_weight", dlogw, *args))
 
 
 def _kernels(direction, parallel, args, dlogw):

@@ -18,7 +18,7 @@ def numpy_kl(mu, logvar, dkl):
     return out, dkl[:, None] * mu, dkl[:, None] * np.expm1(logvar) / 2
 
 
-def fastvae_kl(mu, logvar, dkl):
+def fastvae_kl(mu, logvar, dkl, kl=kl):   # kl: fastvae.cuda.kl for the CUDA column
     out, cache = kl.kl_forward(mu, logvar)
     return (out,) + kl.kl_backward(dkl, cache)
 
@@ -32,4 +32,6 @@ def test_kl_forward_backward(benchmark, n):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
     common.run_pair(benchmark, lambda: fastvae_kl(mu, logvar, dkl),
                     lambda: numpy_kl(mu, logvar, dkl), op="kl fwd+bwd", size=(n, L),
+                    cuda_fn=common.maybe_cuda("kl", lambda k, *d: lambda: fastvae_kl(*d, kl=k),
+                                              mu, logvar, dkl),
                     dtype=np.float32, nbytes=4 * (6 * n * L + 2 * n))

@@ -21,7 +21,7 @@ def numpy_bernoulli(x, logits, dll):
     return ll, dll[:, None] * (x - 1 / (1 + np.exp(-logits)))
 
 
-def fastvae_bernoulli(x, logits, dll):
+def fastvae_bernoulli(x, logits, dll, loglik=loglik):   # or fastvae.cuda.loglik
     ll, cache = loglik.bernoulli_loglik_forward(x, logits)
     return ll, loglik.bernoulli_loglik_backward(dll, cache)
 
@@ -34,7 +34,7 @@ def numpy_gaussian(x, mean, logvar, dll):
     return ll, dmean, -0.5 * np.sum(dll[:, None] * (1 - r * r * inv_var), axis=0)
 
 
-def fastvae_gaussian(x, mean, logvar, dll):
+def fastvae_gaussian(x, mean, logvar, dll, loglik=loglik):
     ll, cache = loglik.gaussian_loglik_forward(x, mean, logvar)
     return (ll,) + loglik.gaussian_loglik_backward(dll, cache)
 
@@ -53,6 +53,9 @@ def test_bernoulli_forward_backward(benchmark, n):
     _check(fastvae_bernoulli(x, logits, dll), numpy_bernoulli(x, logits, dll))
     common.run_pair(benchmark, lambda: fastvae_bernoulli(x, logits, dll),
                     lambda: numpy_bernoulli(x, logits, dll), op="bernoulli fwd+bwd",
+                    cuda_fn=common.maybe_cuda(
+                        "loglik", lambda k, *d: lambda: fastvae_bernoulli(*d, loglik=k), x, logits,
+                        dll),
                     size=(n, D), dtype=np.float32, nbytes=4 * (5 * n * D + 2 * n))
 
 
@@ -66,4 +69,7 @@ def test_gaussian_forward_backward(benchmark, n):
     _check(fastvae_gaussian(x, mean, logvar, dll), numpy_gaussian(x, mean, logvar, dll))
     common.run_pair(benchmark, lambda: fastvae_gaussian(x, mean, logvar, dll),
                     lambda: numpy_gaussian(x, mean, logvar, dll), op="gaussian fwd+bwd",
+                    cuda_fn=common.maybe_cuda(
+                        "loglik", lambda k, *d: lambda: fastvae_gaussian(*d, loglik=k), x, mean,
+                        logvar, dll),
                     size=(n, D), dtype=np.float32, nbytes=4 * (5 * n * D + 2 * n + 3 * D))

@@ -52,7 +52,8 @@ def test_forward(benchmark, n, k):
     _close(lse.logsumexp_forward(a)[0], numpy_forward(a))
     common.run_pair(benchmark, lambda: lse.logsumexp_forward(a), lambda: numpy_forward(a),
                     op="logsumexp fwd vs numpy", size=(n, k), dtype=np.float32,
-                    nbytes=4 * (n * k + n))
+                    nbytes=4 * (n * k + n),
+                    cuda_fn=common.cuda_call("logsumexp", "logsumexp_forward", a))
 
 
 @pytest.mark.parametrize("n,k", SIZES)
@@ -71,7 +72,8 @@ def test_backward(benchmark, n, k):
     _close(lse.logsumexp_backward(dlse, cache), numpy_backward(dlse, a, numpy_forward(a)))
     common.run_pair(benchmark, lambda: lse.logsumexp_backward(dlse, cache),
                     lambda: numpy_backward(dlse, a, out), op="logsumexp bwd vs numpy",
-                    size=(n, k), dtype=np.float32, nbytes=4 * (2 * n * k + 2 * n))
+                    size=(n, k), dtype=np.float32, nbytes=4 * (2 * n * k + 2 * n),
+                    cuda_fn=common.cuda_backward("logsumexp", "logsumexp", dlse, a))
 
 
 @pytest.mark.parametrize("n,k", [(128, 5000)])

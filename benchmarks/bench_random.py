@@ -29,7 +29,8 @@ def test_normal_float32(benchmark, n):
     rng = np.random.default_rng(0)
     common.run_pair(benchmark, lambda: frandom.normal(n, SEED, 0, np.float32),
                     lambda: rng.standard_normal(n, dtype=np.float32),
-                    op="normal", size=n, dtype=np.float32, nbytes=4.0 * n)
+                    op="normal", size=n, dtype=np.float32, nbytes=4.0 * n,
+                    cuda_fn=common.cuda_call("random", "normal", n, SEED, 0, np.float32))
 
 
 @pytest.mark.parametrize("n", [10 ** 6])
@@ -38,7 +39,8 @@ def test_normal_float64(benchmark, n):
     rng = np.random.default_rng(0)
     common.run_pair(benchmark, lambda: frandom.normal(n, SEED, 0, np.float64),
                     lambda: rng.standard_normal(n, dtype=np.float64),
-                    op="normal", size=n, dtype=np.float64, nbytes=8.0 * n)
+                    op="normal", size=n, dtype=np.float64, nbytes=8.0 * n,
+                    cuda_fn=common.cuda_call("random", "normal", n, SEED, 0, np.float64))
 
 
 @pytest.mark.parametrize("n", [10 ** 6])
@@ -49,4 +51,5 @@ def test_uniform_float32(benchmark, n):
     rng = np.random.default_rng(0)
     common.run_pair(benchmark, lambda: frandom.uniform(n, SEED),
                     lambda: rng.random(n, dtype=np.float32),
-                    op="uniform", size=n, dtype=np.float32, nbytes=4.0 * n)
+                    op="uniform", size=n, dtype=np.float32, nbytes=4.0 * n,
+                    cuda_fn=common.cuda_call("random", "uniform", n, SEED))

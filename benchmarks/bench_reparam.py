@@ -50,6 +50,7 @@ def test_reparam_forward(benchmark, shape, noise):
         fast = lambda: reparam.reparam_forward(mu, logvar, eps)              # noqa: E731
         slow = lambda: numpy_forward(mu, logvar, eps)                        # noqa: E731
         nbytes = 4.0 * 4 * n
+        cuda_fn = common.cuda_call("reparam", "reparam_forward", mu, logvar, eps)
     else:
         from fastvae.random import normal
         z = reparam.reparam_forward(mu, logvar, seed=SEED)[0]
@@ -59,8 +60,9 @@ def test_reparam_forward(benchmark, shape, noise):
         slow = lambda: numpy_forward(mu, logvar,                             # noqa: E731
                                      rng.standard_normal(shape, dtype=np.float32))
         nbytes = 4.0 * 3 * n
+        cuda_fn = common.cuda_call("reparam", "reparam_forward", mu, logvar, seed=SEED)
     common.run_pair(benchmark, fast, slow, op=f"reparam_forward {noise}", size=shape,
-                    dtype=np.float32, nbytes=nbytes)
+                    dtype=np.float32, nbytes=nbytes, cuda_fn=cuda_fn)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
@@ -70,14 +72,16 @@ def test_reparam_backward(benchmark, shape, noise):
     if noise == "given":
         _, cache = reparam.reparam_forward(mu, logvar, eps)
         nbytes = 4.0 * 5 * mu.size
+        cuda_fn = common.cuda_backward("reparam", "reparam", dz, mu, logvar, eps)
     else:
         _, cache = reparam.reparam_forward(mu, logvar, seed=SEED)
         from fastvae.random import normal
         eps = normal(shape, SEED)                 # NumPy's backward reads the noise it kept
         nbytes = 4.0 * 4 * mu.size
+        cuda_fn = common.cuda_backward("reparam", "reparam", dz, mu, logvar, seed=SEED)
     for got, want, name in zip(reparam.reparam_backward(dz, cache),
                                numpy_backward(dz, logvar, eps), ("dmu", "dlogvar")):
         _close(got, want, name)
     common.run_pair(benchmark, lambda: reparam.reparam_backward(dz, cache),
                     lambda: numpy_backward(dz, logvar, eps), op=f"reparam_backward {noise}",
-                    size=shape, dtype=np.float32, nbytes=nbytes)
+                    size=shape, dtype=np.float32, nbytes=nbytes, cuda_fn=cuda_fn)
