@@ -17,6 +17,16 @@ LOG_2PI = float(np.log(2.0 * np.pi))
 ACTIVATIONS = ("identity", "relu", "tanh", "softplus", "sigmoid")
 
 
+def activation_code(activation):
+    """The int the dense kernels take for ``activation``: its index in ACTIVATIONS
+    (fastvae/cpu/dense.py and kernels/dense.cu number them the same way)."""
+    try:
+        return ACTIVATIONS.index(activation)
+    except ValueError:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}") \
+            from None
+
+
 def _softplus(a):
     """softplus(a) = log(1 + exp(a)), without overflow."""
     return np.logaddexp(np.zeros((), a.dtype), a)

@@ -12,7 +12,7 @@
 // written once and read once. The launcher then runs dx = da @ W.T and dW = x.T @ da.
 #include "common.cuh"
 
-// Activation codes: fastvae/cpu/dense.py's ACTIVATION_CODES.
+// Activation codes: indices in fastvae/_reference.py::ACTIVATIONS (activation_code).
 #define DENSE_IDENTITY 0
 #define DENSE_RELU 1
 #define DENSE_TANH 2

@@ -199,7 +199,7 @@ def bench_rows():
     rng = np.random.default_rng(1)
     threads = numba.get_num_threads()
     for name in ("identity", "relu", "tanh", "softplus", "sigmoid"):
-        act = dense.ACTIVATION_CODES[name]
+        act = dense.activation_code(name)
         for N, O in ((32, 400), (128, 400), (512, 400), (128, 784), (512, 784)):
             a = (5 * rng.standard_normal((N, O))).astype(np.float32)
             b = rng.standard_normal(O).astype(np.float32)
@@ -223,7 +223,7 @@ def bench_rows():
 
 # ---- step: serial vs prange row passes between BLAS calls --------------------------------------
 def forward_parallel(x, W, b, activation):
-    act = dense.ACTIVATION_CODES[activation]
+    act = dense.activation_code(activation)
     y = np.empty((x.shape[0], W.shape[1]), dtype=x.dtype)
     np.matmul(x, W, out=y)
     dense_bias_act_parallel_kernel(y, b, act, y.shape[0], y.shape[1])
@@ -232,7 +232,7 @@ def forward_parallel(x, W, b, activation):
 
 def backward_parallel(dy, cache, need_dx=True):
     x, W, y, activation = cache
-    act = dense.ACTIVATION_CODES[activation]
+    act = dense.activation_code(activation)
     N, O = dy.shape
     da = dy if act == dense.IDENTITY else np.empty_like(dy)
     db = np.empty(O, dtype=dy.dtype)

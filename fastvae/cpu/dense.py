@@ -31,13 +31,13 @@ inside njit) ties at batch 512 and loses up to 30% at batch 32, so NumPy's matmu
 """
 import numpy as np
 
+from fastvae._reference import activation_code
+
 from ._math import exp_nonpos_like, expm1_nonpos_like, log1p_unit_like
 from ._numba import jit
 
 # Activation codes: the kernels take an int, so there is one compiled signature per dtype.
-IDENTITY, RELU, TANH, SOFTPLUS, SIGMOID = 0, 1, 2, 3, 4
-ACTIVATION_CODES = {"identity": IDENTITY, "relu": RELU, "tanh": TANH, "softplus": SOFTPLUS,
-                    "sigmoid": SIGMOID}
+IDENTITY, RELU, TANH, SOFTPLUS, SIGMOID = range(5)   # _reference.ACTIVATIONS order
 
 # Threads: both row passes are serial. Each runs between two OpenBLAS calls, and on this 2-core
 # machine a numba prange there fights OpenBLAS's spinning worker threads (and they fight GOMP's
@@ -137,21 +137,13 @@ def dense_act_grad_kernel(da, db, dy, y, act, N, O):
 # ---------------------------------------------------------------------------------------------
 # launchers
 # ---------------------------------------------------------------------------------------------
-def _code(activation):
-    try:
-        return ACTIVATION_CODES[activation]
-    except KeyError:
-        raise ValueError(f"activation must be one of {tuple(ACTIVATION_CODES)}, "
-                         f"got {activation!r}") from None
-
-
 def dense_forward(x, W, b, activation):
     """``y = act(x @ W + b)``: x (N, I), W (I, O), b (O,) -> y (N, O), a new array.
 
     ``cache = (x, W, y, activation)`` keeps references (no copies) and no pre-activation;
     the backward reads y, so y must not be modified before it runs.
     """
-    act = _code(activation)
+    act = activation_code(activation)
     N, O = x.shape[0], W.shape[1]
     y = np.empty((N, O), dtype=x.dtype)
     np.matmul(x, W, out=y)   # BLAS sgemm/dgemm straight into y (see the module docstring)
@@ -167,7 +159,7 @@ def dense_backward(dy, cache, need_dx=True):
     read). ``need_dx=False`` skips the dx GEMM (first layer) and returns dx = None.
     """
     x, W, y, activation = cache
-    act = _code(activation)
+    act = activation_code(activation)
     N, O = dy.shape
     da = dy if act == IDENTITY else np.empty_like(dy)   # identity: da is dy, never written
     db = np.empty(O, dtype=dy.dtype)

@@ -16,11 +16,10 @@ C-contiguous, one floating dtype (float32 or float64).
 """
 import numpy as np
 
+from fastvae._reference import activation_code
 from fastvae.cuda._module import array_module, cdiv, dtype_suffix, kernel
 
-IDENTITY, RELU, TANH, SOFTPLUS, SIGMOID = 0, 1, 2, 3, 4   # kernels/dense.cu's DENSE_* codes
-ACTIVATION_CODES = {"identity": IDENTITY, "relu": RELU, "tanh": TANH, "softplus": SOFTPLUS,
-                    "sigmoid": SIGMOID}
+IDENTITY = 0   # kernels/dense.cu's DENSE_* codes, in _reference.ACTIVATIONS order
 
 # Threads per block of every kernel here. The backward kernel shapes them as (32, T / 32): 32
 # columns (one warp reads 32 consecutive elements of a row) by T / 32 row slots. 256 as the other
@@ -34,21 +33,13 @@ MAX_BLOCKS = 4096
 MAX_ROW_BLOCKS = 128
 
 
-def _code(activation):
-    try:
-        return ACTIVATION_CODES[activation]
-    except KeyError:
-        raise ValueError(f"activation must be one of {tuple(ACTIVATION_CODES)}, "
-                         f"got {activation!r}") from None
-
-
 def dense_forward(x, W, b, activation):
     """``y = act(x @ W + b)``: x (N, I), W (I, O), b (O,) -> y (N, O), a new array.
 
     ``cache = (x, W, y, activation)`` keeps references (no copies) and no pre-activation;
     the backward reads y, so y must not be modified before it runs.
     """
-    act = _code(activation)
+    act = activation_code(activation)
     xp = array_module(x)
     N, O = x.shape[0], W.shape[1]
     y = xp.empty((N, O), dtype=x.dtype)
@@ -70,7 +61,7 @@ def dense_backward(dy, cache, need_dx=True):
     read). ``need_dx=False`` skips the dx GEMM (first layer) and returns dx = None.
     """
     x, W, y, activation = cache
-    act = _code(activation)
+    act = activation_code(activation)
     xp = array_module(dy)
     N, O = dy.shape
     suffix = dtype_suffix(dy.dtype)
