@@ -153,17 +153,29 @@ class _Loop:
 
     def step(self, xb, epoch_progress):
         """One Adam step on the batch; raises TrainingDiverged before a bad update lands."""
-        o, model = self.o, self.model
-        t = self.opt.step
-        shape = (len(xb), o["k"], model.latent_dim)
-        eps = model.k.random.normal(shape, o["seed"], t * o["batch_size"] * o["k"] *
-                                    model.latent_dim, model.dtype)
-        loss = model._loss_and_grads_into(xb, eps, self.grads, o["objective"],
-                                          self.beta(epoch_progress))
-        if not (math.isfinite(loss) and math.isfinite(float(self.grads.flat.sum()))):
-            raise TrainingDiverged(
-                f"training diverged at step {t + 1} (epoch {int(epoch_progress) + 1}): loss = "
-                f"{loss}, gradient sum = {float(self.grads.flat.sum())}; the parameters of step "
-                f"{t} are kept. Try a smaller lr or check the data.")
-        self.opt.update(self.grads.flat)
-        return loss
+        o = self.o
+        return train_step(self.model, self.opt, xb, self.grads, seed=o["seed"],
+                          batch_size=o["batch_size"], k=o["k"], objective=o["objective"],
+                          beta=self.beta(epoch_progress), epoch=int(epoch_progress) + 1)
+
+
+def train_step(model, opt, xb, grads, *, seed, batch_size, k=1, objective="elbo", beta=1.0,
+               epoch=None):
+    """One training step exactly as ``fit`` runs it (the benchmarks time this function).
+
+    xb (B, D) on the model's device; grads a ParamStore like model.params (overwritten).
+    The noise of step t is Philox(seed) at offset t * batch_size * k * L. Call it inside
+    ``blas_owns_the_cores(model.device)``. Raises TrainingDiverged before a bad update lands.
+    """
+    t = opt.step
+    shape = (len(xb), k, model.latent_dim)
+    eps = model.k.random.normal(shape, seed, t * batch_size * k * model.latent_dim, model.dtype)
+    loss = model._loss_and_grads_into(xb, eps, grads, objective, beta)
+    if not (math.isfinite(loss) and math.isfinite(float(grads.flat.sum()))):
+        where = f"step {t + 1}" + ("" if epoch is None else f" (epoch {epoch})")
+        raise TrainingDiverged(
+            f"training diverged at {where}: loss = {loss}, gradient sum = "
+            f"{float(grads.flat.sum())}; the parameters of step {t} are kept. Try a smaller lr "
+            f"or check the data.")
+    opt.update(grads.flat)
+    return loss
