@@ -118,8 +118,8 @@ class VAE:
     # backward pieces (reverse order)
     # -----------------------------------------------------------------------------------------
     def _dense_backward(self, dy, name, cache, grads, need_dx=True):
-        dx, grads[f"{name}.W"][...], grads[f"{name}.b"][...] = self.k.dense.dense_backward(
-            dy, cache, need_dx=need_dx)
+        dx, _, _ = self.k.dense.dense_backward(dy, cache, need_dx=need_dx,
+                                               dW_out=grads[f"{name}.W"], db_out=grads[f"{name}.b"])
         return dx
 
     def _decode_backward(self, dout, caches, grads):

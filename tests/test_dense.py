@@ -104,6 +104,26 @@ def test_need_dx_false(activation, dtype):
     assert dW.dtype == db.dtype == dtype
 
 
+@pytest.mark.parametrize("activation", ["identity", "tanh"])
+def test_backward_into_given_buffers(activation):
+    # The model passes views of its flat gradient buffer as dW_out/db_out: the results must land
+    # there (the very same arrays come back), equal to the freshly allocated ones, and nothing
+    # else in the buffer may change.
+    rng = np.random.default_rng(4)
+    x, W, b = (a.astype(np.float32) for a in make_inputs(rng, 37, 21, 13)[:3])
+    dy = rng.standard_normal((37, 13)).astype(np.float32)
+    _, cache = dense.dense_forward(x, W, b, activation)
+    dx, dW, db = dense.dense_backward(dy, cache)
+    flat = np.full(3 + 21 * 13 + 13 + 3, 7.0, dtype=np.float32)
+    dW_out, db_out = flat[3:3 + 21 * 13].reshape(21, 13), flat[3 + 21 * 13:-3]
+    dx2, dW2, db2 = dense.dense_backward(dy, cache, dW_out=dW_out, db_out=db_out)
+    assert dW2 is dW_out and db2 is db_out
+    np.testing.assert_array_equal(dW_out, dW)
+    np.testing.assert_array_equal(db_out, db)
+    np.testing.assert_array_equal(dx2, dx)
+    assert (flat[:3] == 7).all() and (flat[-3:] == 7).all()
+
+
 @pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")   # inf * 0 in the GEMMs
 @pytest.mark.parametrize("special", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("activation", ACTIVATIONS)

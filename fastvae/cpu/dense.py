@@ -151,19 +151,21 @@ def dense_forward(x, W, b, activation):
     return y, (x, W, y, activation)
 
 
-def dense_backward(dy, cache, need_dx=True):
+def dense_backward(dy, cache, need_dx=True, dW_out=None, db_out=None):
     """Backward of ``dense_forward``: dy (N, O) -> (dx (N, I) or None, dW (I, O), db (O,)).
 
     With ``da = dy * act'(a)`` (act' from the cached y): ``dx = da @ W.T``, ``dW = x.T @ da``,
     ``db = sum_n da``. Returns new arrays and overwrites nothing (dy and the cache are only
     read). ``need_dx=False`` skips the dx GEMM (first layer) and returns dx = None.
+    ``dW_out`` (I, O) and ``db_out`` (O,), if given, receive dW and db (the model passes views of
+    its gradient buffer, which saves a copy of every dW per step) and are returned.
     """
     x, W, y, activation = cache
     act = activation_code(activation)
     N, O = dy.shape
     da = dy if act == IDENTITY else np.empty_like(dy)   # identity: da is dy, never written
-    db = np.empty(O, dtype=dy.dtype)
+    db = np.empty(O, dtype=dy.dtype) if db_out is None else db_out
     dense_act_grad_kernel(da, db, dy, y, act, N, O)
-    dW = x.T @ da                           # BLAS with a transposed operand, no copy of x
+    dW = np.matmul(x.T, da, out=dW_out)     # BLAS with a transposed operand, no copy of x
     dx = da @ W.T if need_dx else None
     return dx, dW, db

@@ -53,12 +53,14 @@ def dense_forward(x, W, b, activation):
     return y, (x, W, y, activation)
 
 
-def dense_backward(dy, cache, need_dx=True):
+def dense_backward(dy, cache, need_dx=True, dW_out=None, db_out=None):
     """Backward of ``dense_forward``: dy (N, O) -> (dx (N, I) or None, dW (I, O), db (O,)).
 
     With ``da = dy * act'(a)`` (act' from the cached y): ``dx = da @ W.T``, ``dW = x.T @ da``,
     ``db = sum_n da``. Returns new arrays and overwrites nothing (dy and the cache are only
     read). ``need_dx=False`` skips the dx GEMM (first layer) and returns dx = None.
+    ``dW_out`` (I, O) and ``db_out`` (O,), if given, receive dW and db (the model passes views of
+    its gradient buffer, which saves a copy of every dW per step) and are returned.
     """
     x, W, y, activation = cache
     act = activation_code(activation)
@@ -66,7 +68,7 @@ def dense_backward(dy, cache, need_dx=True):
     N, O = dy.shape
     suffix = dtype_suffix(dy.dtype)
     da = dy if act == IDENTITY else xp.empty_like(dy)   # identity: da is dy, never written
-    db = xp.empty(O, dtype=dy.dtype)
+    db = xp.empty(O, dtype=dy.dtype) if db_out is None else db_out
     if O:
         rows_per_block = THREADS_PER_BLOCK // 32
         R = max(1, min(cdiv(N, rows_per_block), MAX_ROW_BLOCKS, MAX_BLOCKS))
@@ -78,6 +80,6 @@ def dense_backward(dy, cache, need_dx=True):
         kernel("dense", f"dense_bias_grad_kernel_{suffix}")(
             (min(cdiv(O, threads), MAX_BLOCKS),), (threads,),
             (db, partial, np.int32(R), np.int32(O)))
-    dW = xp.matmul(x.T, da)   # cuBLAS with a transposed operand, no copy of x
+    dW = xp.matmul(x.T, da, out=dW_out)   # cuBLAS with a transposed operand, no copy of x
     dx = xp.matmul(da, W.T) if need_dx else None
     return dx, dW, db
