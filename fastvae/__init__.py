@@ -9,7 +9,8 @@ import importlib
 
 __version__ = "0.1.0"
 _SUBMODULES = ("ops", "random", "datasets", "data", "model", "train", "eval", "figures")
-_NAMES = {"VAE": "model", "TrainingDiverged": "train"}
+_NAMES = {"VAE": "model", "TrainingDiverged": "train", "set_num_threads": "_threads",
+          "num_threads": "_threads"}
 
 
 def __getattr__(name):

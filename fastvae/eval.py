@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from . import _validate as check
 from ._backend import blas_owns_the_cores, to_host
+from ._threads import ordered_map
 
 # Decoder work per chunk: 4096 (x, z) pairs. For 784-400-20-400-784 in float32 that is 12.8 MB of
 # decoder output + 6.6 MB of hidden activations; the row state (m, s) is 16 bytes per example.
@@ -64,7 +65,8 @@ def _log_weights(model, x, mu, logvar, eps):
     return logw
 
 
-def log_likelihood(model, x, K=5000, seed=None, max_pairs=DEFAULT_MAX_PAIRS, progress=None):
+def log_likelihood(model, x, K=5000, seed=None, max_pairs=DEFAULT_MAX_PAIRS, progress=None,
+                   first_row=0):
     """Importance-weighted estimate ``log p(x_n) ~ logsumexp_k log w_nk - log K`` (nats), (N,).
 
     x: anything array-like of shape (N, D), a ``numpy.memmap`` larger than RAM included; it is
@@ -72,29 +74,48 @@ def log_likelihood(model, x, K=5000, seed=None, max_pairs=DEFAULT_MAX_PAIRS, pro
     through the decoder in chunks of at most ``max_pairs`` (x, z) pairs and the log-sum-exp is
     merged chunk by chunk, so memory grows with neither N nor K. float64 result.
     progress: tqdm bar over the pairs (None: only on a terminal).
+    first_row: global index of x's first row in a larger dataset: row r of x draws the noise of
+    row first_row + r, so rows a:b of X with first_row=a give log_likelihood(model, X)[a:b],
+    bit for bit when a is a multiple of max(1, max_pairs // K) (then the GEMM batches are the
+    same), else within float rounding. ``fastvae.distributed`` splits the rows that way.
     """
     x = rows_of(model, x)
     K = check.integer("K", K, 1)
+    first_row = check.integer("first_row", first_row, 0)
     max_pairs = check.integer("max_pairs", max_pairs, 1)
     seed = model.seed + 2 if seed is None else check.integer("seed", seed, 0, 2 ** 64 - 1)
-    n_rows, rows_per_chunk, k_per_chunk = x.shape[0], max(1, max_pairs // K), min(K, max_pairs)
+    n_rows, rows_per_chunk = x.shape[0], max(1, max_pairs // K)
     result = np.empty(n_rows, dtype=np.float64)
-    lse = model.k.logsumexp
+    starts = range(0, n_rows, rows_per_chunk)
     with tqdm(total=n_rows * K, unit="pair", unit_scale=True, disable=_no_bar(progress),
               desc=f"log p(x), K={K}") as bar, blas_owns_the_cores(model.device):
-        for r0 in range(0, n_rows, rows_per_chunk):
-            xc = _chunk(model, x, r0, r0 + rows_per_chunk)
-            mu, logvar, _ = model._encode(xc)
-            m = model.k.xp.full(len(xc), -np.inf, model.dtype)
-            s = model.k.xp.zeros(len(xc), model.dtype)
-            for k0 in range(0, K, k_per_chunk):
-                n_k = min(k_per_chunk, K - k0)
-                eps = _noise(model, seed, r0, len(xc), K, k0, n_k)
-                m, s = lse.logsumexp_merge(m, s, *lse.logsumexp_partial(
-                    _log_weights(model, xc, mu, logvar, eps)))
-                bar.update(len(xc) * n_k)
-            result[r0:r0 + len(xc)] = to_host(lse.logsumexp_finalize(m, s)) - math.log(K)
+        def block(r0):
+            rows = _log_likelihood_rows(model, x, r0, r0 + rows_per_chunk, K, seed, first_row,
+                                        max_pairs)
+            bar.update(len(rows) * K)
+            return r0, rows
+        # Row blocks on worker threads (fastvae/_threads.py); each block is computed exactly as
+        # on one thread, so the result does not depend on the thread count.
+        for r0, rows in ordered_map(block, starts, model.device):
+            result[r0:r0 + len(rows)] = rows
     return result
+
+
+def _log_likelihood_rows(model, x, start, stop, K, seed, first_row, max_pairs):
+    """log p(x_r) for rows start:stop of x -> float64 (n,). The K samples go through the decoder
+    in chunks of at most max_pairs samples; the log-sum-exp states are merged in chunk order."""
+    xc = _chunk(model, x, start, stop)
+    mu, logvar, _ = model._encode(xc)
+    lse = model.k.logsumexp
+    m = model.k.xp.full(len(xc), -np.inf, model.dtype)
+    s = model.k.xp.zeros(len(xc), model.dtype)
+    k_per_chunk = min(K, max_pairs)
+    for k0 in range(0, K, k_per_chunk):
+        n_k = min(k_per_chunk, K - k0)
+        eps = _noise(model, seed, first_row + start, len(xc), K, k0, n_k)
+        m, s = lse.logsumexp_merge(m, s, *lse.logsumexp_partial(
+            _log_weights(model, xc, mu, logvar, eps)))
+    return to_host(lse.logsumexp_finalize(m, s)) - math.log(K)
 
 
 def elbo(model, x, k=1, seed=None, batch_size=1024):
