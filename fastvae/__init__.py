@@ -8,7 +8,8 @@ so ``import fastvae`` stays cheap.
 import importlib
 
 __version__ = "0.1.0"
-_SUBMODULES = ("ops", "random", "datasets", "data", "model", "train", "eval", "figures")
+_SUBMODULES = ("ops", "random", "datasets", "data", "model", "train", "eval", "figures",
+               "torch", "jax")   # torch, jax: optional extras, imported on first use
 _NAMES = {"VAE": "model", "TrainingDiverged": "train", "set_num_threads": "_threads",
           "num_threads": "_threads"}
 

@@ -3,7 +3,9 @@
 Every op comes as ``<op>_forward(...) -> (out, cache)`` and ``<op>_backward(dout, cache)``, which
 returns new gradient arrays (it overwrites nothing) in the order of the forward's differentiable
 inputs. The backend follows the array type: NumPy arrays (or anything ``np.asarray`` accepts)
-run the Numba CPU kernels; CuPy arrays go to the CUDA backend.
+run the Numba CPU kernels; CuPy arrays go to the CUDA backend. PyTorch tensors and JAX arrays
+(CPU or CUDA) are taken and returned through DLPack without copies (``takes_foreign_arrays``,
+rules in fastvae/_interop.py): torch in, torch out; JAX in, JAX out.
 
 Inputs: floating arrays only (float32 or float64; float16 is widened to float32). Mixed float32 and
 float64 inputs compute in float64. Non-contiguous inputs are copied once. Every dimension must be
@@ -21,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from . import _validate as check
+from ._interop import takes_foreign_arrays
 from ._reference import ACTIVATIONS
 
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -67,6 +70,7 @@ def _upstream(name, dout, cache, op):
 # ---------------------------------------------------------------------------------------------
 # dense
 # ---------------------------------------------------------------------------------------------
+@takes_foreign_arrays
 def dense_forward(x, W, b, activation="identity"):
     """Fused dense layer ``y = act(x @ W + b)``.
 
@@ -81,6 +85,7 @@ def dense_forward(x, W, b, activation="identity"):
     return _cached(module, "dense", y, saved)
 
 
+@takes_foreign_arrays
 def dense_backward(dy, cache, need_dx=True):
     """-> (dx (N, I), dW (I, O), db (O,)); dx is None when ``need_dx`` is False."""
     dy = _upstream("dy", dy, cache, "dense")
@@ -90,6 +95,7 @@ def dense_backward(dy, cache, need_dx=True):
 # ---------------------------------------------------------------------------------------------
 # reparam
 # ---------------------------------------------------------------------------------------------
+@takes_foreign_arrays
 def reparam_forward(mu, logvar, eps=None, *, seed=None, offset=0):
     """Reparameterized sample ``z = mu + exp(logvar / 2) * eps``.
 
@@ -113,6 +119,7 @@ def reparam_forward(mu, logvar, eps=None, *, seed=None, offset=0):
     return _cached(module, "reparam", z, saved)
 
 
+@takes_foreign_arrays
 def reparam_backward(dz, cache):
     """-> (dmu, dlogvar), each (N, L)."""
     dz = _upstream("dz", dz, cache, "reparam")
@@ -122,6 +129,7 @@ def reparam_backward(dz, cache):
 # ---------------------------------------------------------------------------------------------
 # kl, loglik
 # ---------------------------------------------------------------------------------------------
+@takes_foreign_arrays
 def kl_forward(mu, logvar):
     """Per-row ``KL(N(mu, exp(logvar)) || N(0, I))``. mu, logvar (N, L) -> (N,)."""
     mu, logvar = check.float_arrays({"mu": (mu, ("N", "L")), "logvar": (logvar, ("N", "L"))})
@@ -130,12 +138,14 @@ def kl_forward(mu, logvar):
     return _cached(module, "kl", *module.kl_forward(mu, logvar))
 
 
+@takes_foreign_arrays
 def kl_backward(dkl, cache):
     """dkl (N,) -> (dmu, dlogvar), each (N, L)."""
     dkl = _upstream("dkl", dkl, cache, "kl")
     return cache.module.kl_backward(dkl, cache.saved)
 
 
+@takes_foreign_arrays
 def bernoulli_loglik_forward(x, logits):
     """Per-row Bernoulli log-likelihood from logits, ``sum_d x l - softplus(l)``.
 
@@ -147,12 +157,14 @@ def bernoulli_loglik_forward(x, logits):
     return _cached(module, "bernoulli_loglik", *module.bernoulli_loglik_forward(x, logits))
 
 
+@takes_foreign_arrays
 def bernoulli_loglik_backward(dll, cache):
     """dll (N,) -> dlogits (N, D)."""
     dll = _upstream("dll", dll, cache, "bernoulli_loglik")
     return cache.module.bernoulli_loglik_backward(dll, cache.saved)
 
 
+@takes_foreign_arrays
 def gaussian_loglik_forward(x, mean, logvar):
     """Per-row diagonal Gaussian log-likelihood with one log-variance per dimension.
 
@@ -165,6 +177,7 @@ def gaussian_loglik_forward(x, mean, logvar):
     return _cached(module, "gaussian_loglik", *module.gaussian_loglik_forward(x, mean, logvar))
 
 
+@takes_foreign_arrays
 def gaussian_loglik_backward(dll, cache):
     """dll (N,) -> (dmean (N, D), dlogvar (D,))."""
     dll = _upstream("dll", dll, cache, "gaussian_loglik")
@@ -196,6 +209,7 @@ def _add_dec_logvar(spec, likelihood, dec_logvar):
         raise ValueError("dec_logvar is only used with likelihood='gaussian'; pass None")
 
 
+@takes_foreign_arrays
 def elbo_forward(x, dec_out, mu, logvar, *, likelihood="bernoulli", dec_logvar=None, beta=1.0):
     """Per-row ELBO ``log p(x | z) - beta * KL(q(z | x) || N(0, I))``.
 
@@ -207,6 +221,7 @@ def elbo_forward(x, dec_out, mu, logvar, *, likelihood="bernoulli", dec_logvar=N
     return _cached(module, "elbo", elbo, saved)
 
 
+@takes_foreign_arrays
 def elbo_backward(delbo, cache):
     """delbo (N,) -> (ddec_out (N, D), dmu (N, L), dlogvar (N, L)), plus ddec_logvar (D,) for
     the Gaussian likelihood."""
@@ -214,6 +229,7 @@ def elbo_backward(delbo, cache):
     return cache.module.elbo_backward(delbo, cache.saved)
 
 
+@takes_foreign_arrays
 def elbo_loss_and_grads(x, dec_out, mu, logvar, *, likelihood="bernoulli", dec_logvar=None,
                         beta=1.0):
     """``loss = -mean_n elbo_n`` and its gradients in one fused pass over the rows.
@@ -232,6 +248,7 @@ def _rows_of_k(name, a):
     return a
 
 
+@takes_foreign_arrays
 def logsumexp_forward(a):
     """``log sum_k exp(a_nk)`` over the last axis. a (N, K), K >= 1 -> (N,).
 
@@ -242,12 +259,14 @@ def logsumexp_forward(a):
     return _cached(module, "logsumexp", *module.logsumexp_forward(a))
 
 
+@takes_foreign_arrays
 def logsumexp_backward(dlse, cache):
     """dlse (N,) -> da (N, K) = dlse * softmax(a); 0 on an all -inf row."""
     dlse = _upstream("dlse", dlse, cache, "logsumexp")
     return cache.module.logsumexp_backward(dlse, cache.saved)
 
 
+@takes_foreign_arrays
 def logsumexp_partial(a):
     """Streaming state of one chunk of the K axis: a (N, K) -> (m (N,), s (N,)) with
     ``m = max_k a_nk``, ``s = sum_k exp(a_nk - m)``. Merge states with ``logsumexp_merge`` and
@@ -257,6 +276,7 @@ def logsumexp_partial(a):
     return check.backend_module("logsumexp", (a,)).logsumexp_partial(a)
 
 
+@takes_foreign_arrays
 def logsumexp_merge(m1, s1, m2, s2):
     """Merge two streaming states (each (N,)) -> (m, s)."""
     spec = {name: (a, ("N",)) for name, a in zip(("m1", "s1", "m2", "s2"), (m1, s1, m2, s2))}
@@ -265,6 +285,7 @@ def logsumexp_merge(m1, s1, m2, s2):
     return check.backend_module("logsumexp", arrays).logsumexp_merge(*arrays)
 
 
+@takes_foreign_arrays
 def logsumexp_finalize(m, s):
     """A streaming state (m, s), each (N,) -> lse (N,) = m + log s."""
     m, s = check.float_arrays({"m": (m, ("N",)), "s": (s, ("N",))})
@@ -275,6 +296,7 @@ def logsumexp_finalize(m, s):
 # ---------------------------------------------------------------------------------------------
 # iwae
 # ---------------------------------------------------------------------------------------------
+@takes_foreign_arrays
 def iwae_forward(logw):
     """Importance-weighted estimate ``log p(x_n) ~ logsumexp_k(logw_nk) - log K``.
 
@@ -285,12 +307,14 @@ def iwae_forward(logw):
     return _cached(module, "iwae", *module.iwae_forward(logw))
 
 
+@takes_foreign_arrays
 def iwae_backward(dest, cache):
     """dest (N,) -> dlogw (N, K) = dest * normalized importance weights."""
     dest = _upstream("dest", dest, cache, "iwae")
     return cache.module.iwae_backward(dest, cache.saved)
 
 
+@takes_foreign_arrays
 def log_weight_forward(x, dec_out, mu, logvar, eps, *, likelihood="bernoulli",
                        dec_logvar=None):
     """Log importance weights ``log p(x | z) + log p(z) - log q(z | x)``, fused.
@@ -311,6 +335,7 @@ def log_weight_forward(x, dec_out, mu, logvar, eps, *, likelihood="bernoulli",
     return _cached(module, "log_weight", logw, saved)
 
 
+@takes_foreign_arrays
 def log_weight_backward(dlogw, cache):
     """dlogw (N, K) -> (ddec_out (N, K, D), dmu (N, L), dlogvar (N, L)) [+ ddec_logvar (D,)],
     with eps held fixed; the path through the decoder's input z is the caller's to add."""
@@ -321,12 +346,14 @@ def log_weight_backward(dlogw, cache):
 # ---------------------------------------------------------------------------------------------
 # adam
 # ---------------------------------------------------------------------------------------------
+@takes_foreign_arrays(in_place=("param", "m", "v"))
 def adam_update(param, grad, m, v, *, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
     """One bias-corrected Adam step, in place on ``param``, ``m`` and ``v`` (same shape).
 
     param, m, v must be writable C-contiguous float arrays of one dtype (a model keeps all its
     parameters in one flat buffer, so one call updates everything); grad is converted if needed.
-    step >= 1 is the 1-based step count used for the bias correction.
+    step >= 1 is the 1-based step count used for the bias correction. torch tensors are updated
+    in place (for a parameter pass ``p.detach()``: the same memory); JAX arrays are refused.
     """
     _check_in_place(param=param, m=m, v=v)
     (grad,) = check.float_arrays({"grad": (grad, tuple(f"n{i}" for i in range(param.ndim)))},
