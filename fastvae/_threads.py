@@ -1,15 +1,17 @@
-"""How fastvae uses the CPU cores: whole chunks of work on worker threads, one core each.
+"""How fastvae uses the CPU cores for the log-likelihood: row blocks on worker threads.
 
 Model work alternates BLAS GEMMs with short Numba kernels. Letting OpenBLAS thread each GEMM
-leaves the Numba kernels between them on one core and makes the two thread pools wait for each
-other; on a loaded machine OpenBLAS's threads also collapse (a 2-thread step went from 9 to 70 ms
-when other jobs ran). Here each worker thread instead runs a whole chunk (rows of the
-log-likelihood, a shard of a training batch) with single-threaded BLAS and single-threaded Numba
-kernels, and the chunks run side by side. NumPy's BLAS calls and the Numba kernels (nogil)
-release the GIL, so the threads overlap in all the heavy parts.
+leaves the Numba kernels between them on one core, and on a loaded machine OpenBLAS's threads
+collapse (waiting on a descheduled partner). Here each worker thread instead runs a whole block
+of rows with single-threaded BLAS and single-threaded Numba kernels, and the blocks run side by
+side. NumPy's BLAS calls and the Numba kernels (nogil) release the GIL, so the threads overlap in
+all the heavy parts.
 
-Log-likelihood, 784-400-20, 32 rows, K = 1000, float32, 2 cores, same run, machine loaded by
-other jobs (/tmp/prof/ll_threads.py): OpenBLAS 2 threads 16.6k pairs/s, 2 workers 25.7k (1.55x).
+Log-likelihood, 784-400-20, 32 rows, K = 1000, float32, 2 cores, interleaved in one process,
+pairs/s, OpenBLAS 2 threads vs 2 workers: quiet machine (/tmp/prof/ab_all.py) 84.5k vs 84.5k;
+machine loaded by other jobs (/tmp/prof/ll_threads.py) 16.6k vs 25.7k. Equal when quiet, 1.55x
+when not, and the result does not depend on the thread count. (Training keeps whole batches:
+see fastvae/train.py::train_step for why.)
 
 Threads: ``num_threads()`` is ``FASTVAE_NUM_THREADS`` if set, else the CPUs this process may run
 on, capped by ``OMP_NUM_THREADS`` if that is set (Dask workers set it to their thread count).
