@@ -1,0 +1,178 @@
+"""Timing: contenders interleaved in blocks (A B C A B C ...), medians and spreads; probes;
+resident-memory high-water marks.
+
+A block is ``n`` calls of one contender, ``n`` chosen so a block takes about ``block_s``
+(at least one call), then ``sync()`` (None for synchronous work; for JAX and the GPU it waits
+for the queued work) before the clock stops. Every contender gets one untimed warm-up block
+first (compilation, caches, allocator). A rate is work per block / block time; a row reports the
+median rate over ``repeats`` blocks and the spread (max - min) / median.
+"""
+import math
+import os
+import time
+
+import numpy as np
+
+
+def calibrate(fn, sync, block_s):
+    """Calls per block so one block takes ~block_s (after one untimed call)."""
+    fn()
+    if sync:
+        sync()
+    t0 = time.perf_counter()
+    fn()
+    if sync:
+        sync()
+    return max(1, int(block_s / max(time.perf_counter() - t0, 1e-7)))
+
+
+def interleaved(contenders, work_per_call, repeats, block_s, calls=None):
+    """contenders {name: (fn, sync)} -> {name: [rate per block]} (work units per second).
+
+    calls: calls per block for every contender (None: calibrate each to ~block_s); with
+    ``calls`` given, the warm-up block is one call (for work that takes seconds per call).
+    """
+    plan = {}
+    for name, (fn, sync) in contenders.items():
+        if calls is None:
+            plan[name] = calibrate(fn, sync, block_s)
+            warmup = plan[name]
+        else:
+            plan[name], warmup = calls, 1
+        for _ in range(warmup):
+            fn()
+        if sync:
+            sync()
+    rates = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, (fn, sync) in contenders.items():
+            n = plan[name]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            if sync:
+                sync()
+            rates[name].append(n * work_per_call / (time.perf_counter() - t0))
+    return rates
+
+
+def summary(rates):
+    """{median, spread, n, rates} of a list of per-block rates."""
+    r = np.asarray(rates, dtype=np.float64)
+    med = float(np.median(r))
+    return dict(median=med, spread=float((r.max() - r.min()) / med) if med > 0 else math.nan,
+                n=int(r.size), rates=[float(v) for v in r])
+
+
+def median_seconds(fn, reps, sync=None):
+    """Median wall time of one fn() over ``reps`` calls, after one untimed call."""
+    fn()
+    if sync:
+        sync()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU
+# ---------------------------------------------------------------------------------------------
+def gpu_unavailable_reason():
+    """None when CuPy imports and a CUDA device runs a kernel; otherwise why not (one line)."""
+    try:
+        import cupy
+    except ImportError:
+        return "CuPy is not installed (pip install \"fastvae[cuda]\")"
+    try:
+        if not cupy.cuda.is_available():
+            return "no CUDA GPU/driver (cupy.cuda.is_available() is False)"
+        cupy.arange(4, dtype=cupy.float32).sum().item()
+    except Exception as e:   # noqa: BLE001 - a broken driver install must not stop the run
+        return f"CUDA unavailable: {type(e).__name__}: {e}"
+    return None
+
+
+def cuda_sync():
+    import cupy
+    cupy.cuda.get_current_stream().synchronize()
+
+
+def cuda_median_seconds(fn, reps=25, warmup=3):
+    """Median seconds of one fn() on the GPU between two CUDA events (after ``warmup`` calls);
+    host-side launch overhead inside fn counts, as it does for a caller."""
+    import cupy
+    for _ in range(warmup):
+        fn()
+    cuda_sync()
+    start, end = cupy.cuda.Event(), cupy.cuda.Event()
+    times = []
+    for _ in range(reps):
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(cupy.cuda.get_elapsed_time(start, end) / 1e3)   # ms -> s
+    return float(np.median(times))
+
+
+# ---------------------------------------------------------------------------------------------
+# resident memory (Linux /proc; elsewhere the getrusage high-water mark, a lower bound)
+# ---------------------------------------------------------------------------------------------
+def _status_kb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def reset_peak_rss():
+    """Reset the process's resident high-water mark (Linux >= 4.0: ``5 > clear_refs``).
+    Returns True when it worked, else False (the peak then includes earlier work)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def rss_bytes():
+    """Current resident set size in bytes."""
+    try:
+        return _status_kb("VmRSS") * 1024
+    except (OSError, KeyError):
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def peak_rss_bytes():
+    """Resident high-water mark in bytes (since the last reset_peak_rss on Linux)."""
+    try:
+        return _status_kb("VmHWM") * 1024
+    except (OSError, KeyError):
+        import resource
+        import sys
+        scale = 1 if sys.platform == "darwin" else 1024   # macOS reports bytes, Linux KiB
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def available_memory_bytes():
+    """MemAvailable from /proc/meminfo, or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def cpu_count():
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
