@@ -65,3 +65,11 @@ def test_parallel_vs_serial(benchmark, p):
     common.run_pair(benchmark, lambda: adam.adam_kernel_parallel(param, m, v, grad, *scalars),
                     lambda: adam.adam_kernel(param, m, v, grad, *scalars),
                     op="adam prange vs serial", size=(p,), dtype=np.float32, nbytes=4 * 7 * p)
+
+
+def test_all_finite(benchmark):
+    # The guard before each Adam step, against NumPy's float(a.sum()) (what train_step used).
+    grad = make_case(P_VAE, seed=2)[1]
+    assert adam.all_finite(grad) == np.isfinite(grad.sum())
+    common.run_pair(benchmark, lambda: adam.all_finite(grad), lambda: float(grad.sum()),
+                    op="all_finite vs sum", size=(P_VAE,), dtype=np.float32, nbytes=4 * P_VAE)

@@ -178,7 +178,7 @@ def train_step(model, opt, xb, grads, *, seed, batch_size, k=1, objective="elbo"
     shape = (len(xb), k, model.latent_dim)
     eps = model.k.random.normal(shape, seed, t * batch_size * k * model.latent_dim, model.dtype)
     loss = model._loss_and_grads_into(xb, eps, grads, objective, beta)
-    if not (math.isfinite(loss) and math.isfinite(float(grads.flat.sum()))):
+    if not (math.isfinite(loss) and model.k.adam.all_finite(grads.flat)):
         where = f"step {t + 1}" + ("" if epoch is None else f" (epoch {epoch})")
         raise TrainingDiverged(
             f"training diverged at {where}: loss = {loss}, gradient sum = "

@@ -96,3 +96,22 @@ def test_nan_gradient_propagates():
     g = np.array([1, np.nan, np.inf, -1, 0], np.float32)
     adam.adam_update(p, g, m, v, 1)
     assert np.isnan(p[1]) and np.isnan(m[1]) and np.isnan(p[2]) and np.isfinite(p[[0, 3, 4]]).all()
+
+
+@pytest.mark.parametrize("launcher", ["cpu", "cuda"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_all_finite(launcher, dtype):
+    # The guard before an Adam step: one NaN or +-Inf anywhere (first, middle, last element)
+    # must be found; huge and tiny finite values are finite. The CUDA launcher runs its
+    # reduction with NumPy here.
+    import importlib
+    all_finite = importlib.import_module(f"fastvae.{launcher}.adam").all_finite
+    rng = np.random.default_rng(9)
+    a = (rng.standard_normal(4099) * (np.finfo(dtype).max / 8)).astype(dtype)
+    a[::7] = np.finfo(dtype).tiny
+    assert all_finite(a) and all_finite(a[:4092].reshape(372, 11)[:1].copy())
+    for bad in (np.nan, np.inf, -np.inf):
+        for where in (0, 2048, 4098):
+            b = a.copy()
+            b[where] = bad
+            assert not all_finite(b), (bad, where)

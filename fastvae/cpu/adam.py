@@ -67,3 +67,20 @@ def adam_update(param, grad, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e
     kernel = adam_kernel_parallel if n >= PARALLEL_MIN else adam_kernel
     kernel(*flat, dtype(lr), (dtype(beta1), dtype(1.0 - beta1)),
            (dtype(beta2), dtype(1.0 - beta2)), dtype(eps), dtype(inv_bc1), dtype(inv_bc2), n)
+
+
+@jit
+def all_finite_kernel(a):
+    # a (P,). a * 0 is 0 for finite a and NaN for +-Inf/NaN (fast-math here keeps NaN/Inf
+    # semantics: no nnan/ninf), and the sum vectorizes; one pass, read only.
+    acc = a.dtype.type(0.0)
+    for i in range(a.shape[0]):
+        acc += a[i] * a.dtype.type(0.0)
+    return acc == 0.0
+
+
+def all_finite(a):
+    """True if every element of a (any shape, C-contiguous) is finite: the guard before an Adam
+    step. 652,824 float32, one thread, in cache (benchmarks/bench_adam.py::test_all_finite):
+    56.5 us against 188 us for NumPy's float(a.sum()), which train_step used before (3.3x)."""
+    return bool(all_finite_kernel(a.reshape(-1)))

@@ -10,7 +10,7 @@ small arrays.
 """
 import numpy as np
 
-from fastvae.cuda._module import cdiv, dtype_suffix, kernel
+from fastvae.cuda._module import array_module, cdiv, dtype_suffix, kernel
 
 # Elementwise and memory-bound: 256 threads per block is the usual choice for streaming kernels
 # (full occupancy at <= 32 registers on sm_80/sm_90). Not yet measured on a GPU.
@@ -47,3 +47,9 @@ def adam_update(param, grad, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e
         (blocks,), (threads,),
         (param, m, v, grad, T(lr), T(beta1), T(1.0 - beta1), T(beta2), T(1.0 - beta2), T(eps),
          T(inv_bc1), T(inv_bc2), np.int64(n)))
+
+
+def all_finite(a):
+    """True if every element of a is finite: the guard before an Adam step (one reduction)."""
+    xp = array_module(a)
+    return bool(xp.isfinite(a).all())
