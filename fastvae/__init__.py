@@ -9,7 +9,7 @@ import importlib
 
 __version__ = "0.1.0"
 _SUBMODULES = ("ops", "random", "datasets", "data", "model", "train", "eval", "figures",
-               "torch", "jax")   # torch, jax: optional extras, imported on first use
+               "torch", "jax", "distributed")   # the last three need optional extras
 _NAMES = {"VAE": "model", "TrainingDiverged": "train", "set_num_threads": "_threads",
           "num_threads": "_threads"}
 

@@ -63,8 +63,16 @@ def _executor(n):
 
 @contextlib.contextmanager
 def single_threaded_blas():
-    """BLAS on one thread (process-wide, restored on exit) via threadpoolctl (~30 us)."""
+    """BLAS on one thread (process-wide, restored on exit) via threadpoolctl (~30 us).
+
+    Only from the main thread: OpenBLAS 0.3.31 (NumPy's) ignores openblas_set_num_threads called
+    from other threads (a limit set there was not seen by the main thread or by new threads, and
+    a restore from there left the limit in place), so elsewhere this does nothing. Dask workers
+    run tasks on other threads but start with OPENBLAS_NUM_THREADS=1 from their nanny."""
     global _blas
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     from threadpoolctl import ThreadpoolController
     if _blas is None:
         _blas = ThreadpoolController()

@@ -55,6 +55,9 @@ def _parser():
     e.add_argument("--examples", type=int,
                    help="log-likelihood on the first N test examples only (ELBO uses all)")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--scheduler", metavar="ADDRESS",
+                   help="estimate log p(x) on the Dask cluster of this scheduler, e.g. "
+                        "tcp://host:8786 (pip install 'fastvae[distributed]')")
 
     f = sub.add_parser("figures", help="PNG grids of reconstructions and samples, and curves")
     f.add_argument("checkpoint")
@@ -66,6 +69,11 @@ def _parser():
     s.add_argument("--n", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default="runs/samples.png")
+
+    from .bench import add_arguments as add_bench_arguments   # no NumPy: workers set threads
+    add_bench_arguments(sub.add_parser(
+        "bench", help="benchmark suite against PyTorch and JAX: table, JSON, figure "
+                      "(peers: pip install 'fastvae[bench]')"))
     return parser
 
 
@@ -85,8 +93,9 @@ def _test_set(dataset, model, seed):
         else x
 
 
-def _report(model, x, K, seed, ll_examples=None):
-    """Print the test ELBO on all of x and the IWAE log-likelihood on its first ll_examples."""
+def _report(model, x, K, seed, ll_examples=None, client=None):
+    """Print the test ELBO on all of x and the IWAE log-likelihood on its first ll_examples
+    (on the Dask cluster of client, if given)."""
     t0 = time.perf_counter()
     elbo = model.elbo(x, seed=seed)
     print(f"test ELBO: {elbo.mean():.3f} ± {elbo.std() / np.sqrt(len(elbo)):.3f} nats "
@@ -94,7 +103,11 @@ def _report(model, x, K, seed, ll_examples=None):
     if K:
         x = x[:ll_examples] if ll_examples else x
         t0 = time.perf_counter()
-        ll = model.log_likelihood(x, K=K, seed=seed)
+        if client is None:
+            ll = model.log_likelihood(x, K=K, seed=seed)
+        else:
+            from .distributed import log_likelihood
+            ll = client.compute(log_likelihood(model, x, K=K, seed=seed, client=client)).result()
         seconds = time.perf_counter() - t0
         print(f"test log p(x) (IWAE, K={K}): {ll.mean():.3f} ± "
               f"{ll.std() / np.sqrt(len(ll)):.3f} nats ({len(x)} examples, {seconds:.1f} s, "
@@ -134,7 +147,26 @@ def cmd_evaluate(args):
     from .model import VAE
     model = VAE.load(args.checkpoint)
     x = _test_set(_load_data(args.data), model, args.seed)
-    _report(model, x, args.K, args.seed, args.examples)
+    if not args.scheduler:
+        _report(model, x, args.K, args.seed, args.examples)
+        return
+    with _dask_client(args.scheduler) as client:
+        _report(model, x, args.K, args.seed, args.examples, client)
+
+
+def _dask_client(address):
+    """A dask.distributed Client connected to the scheduler at address."""
+    try:
+        from dask.distributed import Client
+    except ImportError:
+        raise ImportError("--scheduler needs Dask: pip install 'fastvae[distributed]'") from None
+    try:
+        client = Client(address)
+    except OSError as e:   # refused, timed out, unknown host
+        raise ValueError(f"cannot reach the Dask scheduler at {address}: {e}") from None
+    threads = client.nthreads()
+    print(f"dask: {address}, {len(threads)} workers, {sum(threads.values())} threads")
+    return client
 
 
 def _write_figures(model, x, out_dir):
@@ -162,13 +194,18 @@ def cmd_sample(args):
     print(f"samples: {args.out}")
 
 
+def cmd_bench(args):
+    from .bench import run_suite
+    run_suite(args)
+
+
 def main(argv=None):
     args = _parser().parse_args(argv)
     if args.threads:
         import numba
         numba.set_num_threads(args.threads)
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "figures": cmd_figures,
-                "sample": cmd_sample}
+                "sample": cmd_sample, "bench": cmd_bench}
     try:
         commands[args.command](args)
     except (FileNotFoundError, ValueError, ImportError) as e:
