@@ -11,26 +11,11 @@ import numpy as np
 import pytest
 
 import common
+from fastvae.bench.workloads import numpy_adam   # lr 1e-3, betas 0.9/0.999, eps 1e-8 as below
 from fastvae.cpu import adam
 
 P_VAE = 784 * 400 + 400 + 2 * (400 * 20 + 20) + 20 * 400 + 400 + 400 * 784 + 784
 LR, B1, B2, EPS = 1e-3, 0.9, 0.999, 1e-8
-
-
-def numpy_adam(param, grad, m, v, step, tmp):
-    """In-place NumPy: m, v, param updated with out= arguments; one temporary buffer."""
-    m *= B1
-    m += np.multiply(grad, 1 - B1, out=tmp)
-    v *= B2
-    np.multiply(grad, grad, out=tmp)
-    tmp *= 1 - B2
-    v += tmp
-    np.multiply(v, 1 / (1 - B2 ** step), out=tmp)
-    np.sqrt(tmp, out=tmp)
-    tmp += EPS
-    np.divide(m, tmp, out=tmp)
-    tmp *= LR / (1 - B1 ** step)
-    param -= tmp
 
 
 def make_case(p, seed=0):

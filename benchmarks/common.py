@@ -18,6 +18,8 @@ import time
 
 import numpy as np
 
+from fastvae.bench.timing import gpu_unavailable_reason as _gpu_unavailable_reason
+
 RESULTS = []   # one dict per recorded benchmark, filled by record()
 PROBES = {}    # "start"/"end" -> probe dict
 
@@ -57,17 +59,7 @@ def copy_gbs(n_bytes=64 << 20):
 @functools.lru_cache(maxsize=None)
 def gpu_unavailable_reason():
     """None when CuPy imports and a CUDA device runs a kernel; otherwise why not (one line)."""
-    try:
-        import cupy
-    except ImportError:
-        return "CuPy is not installed (pip install 'fastvae[cuda]')"
-    try:
-        if not cupy.cuda.is_available():
-            return "no CUDA GPU/driver available (cupy.cuda.is_available() is False)"
-        cupy.arange(4, dtype=cupy.float32).sum().item()
-    except Exception as e:   # noqa: BLE001 - a broken driver install must not fail the run
-        return f"CUDA unavailable: {type(e).__name__}: {e}"
-    return None
+    return _gpu_unavailable_reason()
 
 
 def cuda_time_seconds(fn, repeats=25, warmup=3):

@@ -154,8 +154,9 @@ def _np_elbo(x, logits, mu, logvar):
     return -np.mean(ll - kl), (g * (x - 1 / (1 + np.exp(-logits))), -g * mu, -g * em1 / 2)
 
 
-def _np_adam(param, grad, m, v, step, tmp, b1=0.9, b2=0.999, eps=1e-8):
-    """In-place NumPy Adam with one temporary buffer."""
+def numpy_adam(param, grad, m, v, step, tmp, b1=0.9, b2=0.999, eps=1e-8):
+    """In-place NumPy Adam with one temporary buffer (lr = LR); also benchmarks/bench_adam.py's
+    competitor."""
     m *= b1
     m += np.multiply(grad, 1 - b1, out=tmp)
     v *= b2
@@ -232,12 +233,12 @@ def per_op_cases(gpu=False):
     v = (rng.random(p) * 0.01).astype(np.float32)
     got, want = [a.copy() for a in (param, m, v)], [a.copy() for a in (param, m, v)]
     ops.adam_update(got[0], grad, got[1], got[2], step=7, lr=LR)
-    _np_adam(want[0], grad, want[1], want[2], 7, np.empty_like(param))
+    numpy_adam(want[0], grad, want[1], want[2], 7, np.empty_like(param))
     for g_, w_ in zip(got, want):
         _close(g_, w_, "Adam")
     tmp = np.empty_like(param)
     adam = Op("Adam update", f"P={p:,}", lambda: ops.adam_update(param, grad, m, v, step=7, lr=LR),
-              lambda: _np_adam(param, grad, m, v, 7, tmp), nbytes=4.0 * 7 * p)
+              lambda: numpy_adam(param, grad, m, v, 7, tmp), nbytes=4.0 * 7 * p)
     if gpu:
         adam.cuda = _cuda(lambda *a: ops.adam_update(*a, step=7, lr=LR), param, grad, m, v)
     cases.append(adam)
