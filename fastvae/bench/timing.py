@@ -4,7 +4,8 @@ resident-memory high-water marks.
 A block is ``n`` calls of one contender, ``n`` chosen so a block takes about ``block_s``
 (at least one call), then ``sync()`` (None for synchronous work; for JAX and the GPU it waits
 for the queued work) before the clock stops. Every contender gets one untimed warm-up block
-first (compilation, caches, allocator). A rate is work per block / block time; a row reports the
+first (compilation, caches, allocator), and each timed block starts after a pause of
+``SETTLE_S`` (other libraries' idle threads stop spinning). A rate is work per block / block time; a row reports the
 median rate over ``repeats`` blocks and the spread (max - min) / median.
 """
 import math
@@ -24,6 +25,14 @@ def calibrate(fn, sync, block_s):
     if sync:
         sync()
     return max(1, int(block_s / max(time.perf_counter() - t0, 1e-7)))
+
+
+# Idle time before every timed block. The libraries' worker threads keep spinning after their
+# last parallel region (OpenBLAS for up to ~0.1 s, libgomp and Eigen shorter), so without a pause
+# the contender that runs next shares its cores with the previous one's spinning threads.
+# PyTorch eager, 784-400-20 batch 32, 2 threads: 3.94k samples/s alone in a process
+# (/tmp/prof/torch_alone.py), 0.82k when its blocks followed fastvae's with no pause.
+SETTLE_S = 0.15
 
 
 def interleaved(contenders, work_per_call, repeats, block_s, calls=None):
@@ -47,6 +56,7 @@ def interleaved(contenders, work_per_call, repeats, block_s, calls=None):
     for _ in range(repeats):
         for name, (fn, sync) in contenders.items():
             n = plan[name]
+            time.sleep(SETTLE_S)
             t0 = time.perf_counter()
             for _ in range(n):
                 fn()

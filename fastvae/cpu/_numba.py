@@ -13,11 +13,24 @@ import os
 # float32, 2 threads, /tmp/prof/variant.py, same run, other jobs loading the machine to a load
 # average of 3): default wait policy 8.7 ms/step in one round and 68 ms median (min 8.9) in the
 # next; OMP_WAIT_POLICY=PASSIVE 8.8 and 9.0 ms. Passive costs nothing measurable when the machine
-# is idle and removes the collapse, so it is the default unless the user set a policy. It only
-# takes effect if libgomp is not loaded yet (e.g. import fastvae before torch).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
+# is idle and removes the collapse. libgomp reads the variable once, when Numba's thread pool
+# starts, so it is set only for that moment (unless the user chose a policy) and then removed,
+# so that it does not reach other OpenMP runtimes loaded later in the process (PyTorch's own).
 import numba  # noqa: E402
+
+
+def _start_numba_threads_passive():
+    if "OMP_WAIT_POLICY" in os.environ:
+        return
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        from numba.np.ufunc import parallel
+        parallel._launch_threads()
+    finally:
+        del os.environ["OMP_WAIT_POLICY"]
+
+
+_start_numba_threads_passive()
 
 FASTMATH = frozenset({"nsz", "arcp", "contract", "reassoc"})
 
