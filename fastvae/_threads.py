@@ -8,8 +8,8 @@ side. NumPy's BLAS calls and the Numba kernels (nogil) release the GIL, so the t
 all the heavy parts.
 
 Log-likelihood, 784-400-20, 32 rows, K = 1000, float32, 2 cores, interleaved in one process,
-pairs/s, OpenBLAS 2 threads vs 2 workers: quiet machine (/tmp/prof/ab_all.py) 84.5k vs 84.5k;
-machine loaded by other jobs (/tmp/prof/ll_threads.py) 16.6k vs 25.7k. Equal when quiet, 1.55x
+pairs/s, OpenBLAS 2 threads vs 2 workers: quiet machine (benchmarks/dev/threading_ab.py) 84.5k vs 84.5k;
+machine loaded by other jobs (benchmarks/dev/loglik_threads_loaded.py) 16.6k vs 25.7k. Equal when quiet, 1.55x
 when not, and the result does not depend on the thread count. (Training keeps whole batches:
 see fastvae/train.py::train_step for why.)
 

@@ -31,7 +31,7 @@ def calibrate(fn, sync, block_s):
 # last parallel region (OpenBLAS for up to ~0.1 s, libgomp and Eigen shorter), so without a pause
 # the contender that runs next shares its cores with the previous one's spinning threads.
 # PyTorch eager, 784-400-20 batch 32, 2 threads: 3.94k samples/s alone in a process
-# (/tmp/prof/torch_alone.py), 0.82k when its blocks followed fastvae's with no pause.
+# (benchmarks/dev/torch_alone.py), 0.82k when its blocks followed fastvae's with no pause.
 SETTLE_S = 0.15
 
 

@@ -1,0 +1,33 @@
+"""One process = one variant. ADAM_THREADS: numba threads for Adam (and ELBO) inside the step."""
+import os, sys, time
+import numpy as np, numba
+import fastvae
+from fastvae import _backend
+from fastvae.optim import Adam
+from fastvae.train import train_step
+B = int(os.environ.get("B", 128))
+rng = np.random.default_rng(0)
+x = (rng.random((B, 784)) < 0.3).astype(np.float32)
+model = fastvae.VAE(784, (400,), 20, seed=0, dtype="float32")
+opt = Adam(model, 1e-3); grads = model.params.zeros_like()
+nt = int(os.environ.get("ADAM_THREADS", 1))
+if nt > 1:
+    for stem in ("adam", "elbo"):
+        mod = getattr(model.k, stem)
+        name = {"adam": "adam_update", "elbo": "elbo_loss_and_grads"}[stem]
+        f = getattr(mod, name)
+        def wrap(*a, _f=f, **k):
+            numba.set_num_threads(nt)
+            try: return _f(*a, **k)
+            finally: numba.set_num_threads(1)
+        import types
+        setattr(model.k, stem, types.SimpleNamespace(**{**{n: getattr(mod, n) for n in dir(mod) if not n.startswith("__")}, name: wrap}))
+def run(n):
+    t0 = time.perf_counter()
+    for _ in range(n):
+        with _backend.blas_owns_the_cores("cpu"):
+            train_step(model, opt, x, grads, seed=0, batch_size=B)
+    return (time.perf_counter() - t0) / n
+run(30)
+r = [run(20) for _ in range(8)]
+print(f"{os.environ.get('TAG','?'):<28} layer={numba.threading_layer()} {np.median(r)*1e3:6.2f} ms/step  (min {min(r)*1e3:.2f})")
