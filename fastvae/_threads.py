@@ -8,10 +8,14 @@ side. NumPy's BLAS calls and the Numba kernels (nogil) release the GIL, so the t
 all the heavy parts.
 
 Log-likelihood, 784-400-20, 32 rows, K = 1000, float32, 2 cores, interleaved in one process,
-pairs/s, OpenBLAS 2 threads vs 2 workers: quiet machine (benchmarks/dev/threading_ab.py) 84.5k vs 84.5k;
-machine loaded by other jobs (benchmarks/dev/loglik_threads_loaded.py) 16.6k vs 25.7k. Equal when quiet, 1.55x
-when not, and the result does not depend on the thread count. (Training keeps whole batches:
-see fastvae/train.py::train_step for why.)
+pairs/s, OpenBLAS 2 threads vs 2 workers: quiet machine (benchmarks/dev/threading_ab.py)
+84.5k vs 84.5k; machine loaded by other jobs (benchmarks/dev/loglik_threads_loaded.py) 16.6k vs
+25.7k. Equal when quiet, 1.55x when not, and the result does not depend on the thread count.
+(Training keeps whole batches: see fastvae/train.py::train_step for why.)
+
+Called from a thread other than the main one, the BLAS limit cannot be applied (see
+``single_threaded_blas``): run the estimate from the main thread, or limit BLAS yourself
+(``OPENBLAS_NUM_THREADS=1``, as Dask's workers do), to keep these properties.
 
 Threads: ``num_threads()`` is ``FASTVAE_NUM_THREADS`` if set, else the CPUs this process may run
 on, capped by ``OMP_NUM_THREADS`` if that is set (Dask workers set it to their thread count).
@@ -98,8 +102,9 @@ def _numba_is_threadsafe():
 def ordered_map(fn, items, device="cpu", n_threads=None):
     """Yield fn(item) for each item, in order. On the CPU, BLAS runs on one thread and, with more
     than one thread, the items run on worker threads, at most 2 per thread submitted ahead
-    (memory stays bounded), each with one-thread Numba. On other devices: a plain loop. If fn raises,
-    the items not started are cancelled and the running ones finish before the error propagates.
+    (memory stays bounded), each with one-thread Numba. On other devices: a plain loop. If fn
+    raises, the items not started are cancelled and the running ones finish before the error
+    propagates.
     """
     n = num_threads() if n_threads is None else n_threads
     items = iter(items)

@@ -165,7 +165,8 @@ def train_step(model, opt, xb, grads, *, seed, batch_size, k=1, objective="elbo"
 
     The whole batch runs at once, with BLAS's threads. Tried and dropped: one shard of the batch
     per worker thread (fastvae/_threads.py), one-thread BLAS each, gradients combined before Adam.
-    784-400-20 float32, 2 cores, same run interleaved (benchmarks/dev/threading_ab.py at bfe28f4's parent), samples/s whole vs
+    784-400-20 float32, 2 cores, same run interleaved (benchmarks/dev/threading_ab.py at the
+    parent of bfe28f4), samples/s whole vs
     sharded: batch 32 7.10k vs 5.16k, 128 13.5k vs 11.8k, 512 17.7k vs 17.9k; with other jobs
     loading the machine, batch 128: 13.5k vs 10.6k. (The log-likelihood, whose row blocks need no
     combining, does run on worker threads: fastvae/eval.py.)

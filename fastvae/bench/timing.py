@@ -5,7 +5,8 @@ A block is ``n`` calls of one contender, ``n`` chosen so a block takes about ``b
 (at least one call), then ``sync()`` (None for synchronous work; for JAX and the GPU it waits
 for the queued work) before the clock stops. Every contender gets one untimed warm-up block
 first (compilation, caches, allocator), and each timed block starts after a pause of
-``SETTLE_S`` (other libraries' idle threads stop spinning). A rate is work per block / block time; a row reports the
+``SETTLE_S`` (other libraries' idle threads stop spinning). A rate is work per block / block
+time; a row reports the
 median rate over ``repeats`` blocks and the spread (max - min) / median.
 """
 import math

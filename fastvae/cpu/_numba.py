@@ -10,7 +10,8 @@ import os
 # Numba's parallel kernels run on its OpenMP layer (GNU libgomp here), whose idle threads spin by
 # default. Between OpenBLAS GEMMs, and whenever the machine holds more busy threads than cores,
 # those spinning threads steal the cores the GEMMs need. A training step (784-400-20, batch 128,
-# float32, 2 threads, benchmarks/dev/omp_wait_policy.py, same run, other jobs loading the machine to a load
+# float32, 2 threads, benchmarks/dev/omp_wait_policy.py, same run, other jobs loading the
+# machine to a load
 # average of 3): default wait policy 8.7 ms/step in one round and 68 ms median (min 8.9) in the
 # next; OMP_WAIT_POLICY=PASSIVE 8.8 and 9.0 ms. Passive costs nothing measurable when the machine
 # is idle and removes the collapse. libgomp reads the variable once, when Numba's thread pool

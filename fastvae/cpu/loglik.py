@@ -109,7 +109,8 @@ def _bernoulli_row_grads_f32(dlogit_row, dll_n, x_row, logit_row):
     # math: fastvae/_reference.py::bernoulli_loglik_forward, bernoulli_loglik_backward
     # float32 rows in float32 arithmetic: exp_f32 and log1p_unit_f32 (1 ulp each) in 8 AVX2 lanes,
     # with float32 partial sums (reassociated into vector lanes). 128x784, 1 thread, same run
-    # (benchmarks/dev/elbo_row_f32.py): 11.7 ns/element in float64 arithmetic, 6.2 with float32 elements
+    # (benchmarks/dev/elbo_row_f32.py): 11.7 ns/element in float64 arithmetic, 6.2 with float32
+    # elements
     # and a float64 sum (the mixed-width sum halves the lanes), 4.0 fully float32 (np.exp alone
     # took 3.9 in that run: the machine was loaded). Row error ~3e-7 relative, NumPy-float32-like.
     acc = np.float32(0.0)
