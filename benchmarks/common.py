@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from fastvae.bench.timing import cuda_median_seconds
 from fastvae.bench.timing import gpu_unavailable_reason as _gpu_unavailable_reason
 
 RESULTS = []   # one dict per recorded benchmark, filled by record()
@@ -63,22 +64,8 @@ def gpu_unavailable_reason():
 
 
 def cuda_time_seconds(fn, repeats=25, warmup=3):
-    """Median seconds of one ``fn()`` on the GPU: ``warmup`` untimed calls (compilation, caches),
-    then each call between two CUDA events on the current stream, synchronized on the end event.
-    Host-side launch overhead inside ``fn`` counts, as it does for a caller."""
-    import cupy
-    for _ in range(warmup):
-        fn()
-    cupy.cuda.get_current_stream().synchronize()
-    start, end = cupy.cuda.Event(), cupy.cuda.Event()
-    times = []
-    for _ in range(repeats):
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(cupy.cuda.get_elapsed_time(start, end) / 1e3)   # ms -> s
-    return float(np.median(times))
+    """Median seconds of one ``fn()`` on the GPU between two CUDA events (fastvae.bench.timing)."""
+    return cuda_median_seconds(fn, reps=repeats, warmup=warmup)
 
 
 def gpu_gemm_gflops(m=128, k=784, n=400):
