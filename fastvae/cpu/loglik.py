@@ -107,6 +107,8 @@ def _bernoulli_row_grads_f64(dlogit_row, dll_n, x_row, logit_row):
 @jit
 def _bernoulli_row_grads_f32(dlogit_row, dll_n, x_row, logit_row):
     # math: fastvae/_reference.py::bernoulli_loglik_forward, bernoulli_loglik_backward
+    # CUDA twin: kernels/elbo.cu::bernoulli_row_partial_and_backward (elements in T as here; its
+    # per-thread partial sums are double, these float32 vector lanes, added in float64 at the end).
     # float32 rows in float32 arithmetic: exp_f32 and log1p_unit_f32 (1 ulp each) in 8 AVX2 lanes,
     # with float32 partial sums (reassociated into vector lanes). 128x784, 1 thread, same run
     # (benchmarks/dev/elbo_row_f32.py): 11.7 ns/element in float64 arithmetic, 6.2 with float32
