@@ -11,6 +11,15 @@ import time
 
 import numpy as np
 
+# Exit codes: one per kind of expected failure, so scripts can tell them apart.
+EXIT_OK = 0
+EXIT_BUG = 1             # an unexpected exception: a traceback is printed (please report it)
+EXIT_USAGE = 2           # bad option, bad or missing input file, bad checkpoint (argparse uses 2)
+EXIT_DIVERGED = 3        # TrainingDiverged: the last good parameters are in the checkpoint
+EXIT_IO = 4              # OSError writing output: unwritable folder, disk full
+EXIT_INTERRUPTED = 130   # SIGINT (Ctrl-C): stopped at a step boundary, checkpoint written
+EXIT_TERMINATED = 143    # SIGTERM: likewise (128 + signal number, as shells report it)
+
 
 def _add_data(p):
     p.add_argument("--data", default="auto",
@@ -114,9 +123,9 @@ def _report(model, x, K, seed, ll_examples=None, client=None):
               f"{len(x) * K / seconds:,.0f} pairs/s)")
 
 
-def cmd_train(args):
+def _model_for_training(args, dataset):
+    """The model to train: resumed from --out (with --resume, if it exists), else a new one."""
     from .model import VAE
-    dataset = _load_data(args.data)
     if args.resume and os.path.exists(args.out):
         model = VAE.load(args.out)
         print(f"resuming {model} from {args.out} after epoch {len(model.history)}")
@@ -124,6 +133,12 @@ def cmd_train(args):
         model = VAE(dataset.x_train.shape[1], tuple(args.hidden), args.latent, args.likelihood,
                     args.activation, seed=args.seed)
         print(f"model: {model}")
+    return model
+
+
+def cmd_train(args):
+    dataset = _load_data(args.data)
+    model = _model_for_training(args, dataset)
     binarize = None if args.binarize == "none" or args.likelihood != "bernoulli" \
         else args.binarize
     history = model.fit(dataset.x_train, epochs=args.epochs, batch_size=args.batch_size,
@@ -210,8 +225,8 @@ def main(argv=None):
         commands[args.command](args)
     except (FileNotFoundError, ValueError, ImportError) as e:
         print(f"fastvae {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        return EXIT_USAGE
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -25,6 +25,17 @@ class TrainingDiverged(FloatingPointError):
     step (the failing update is never applied)."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped training at a step boundary, after the checkpoint (if any) was
+    written. signal_name: "SIGINT" or "SIGTERM"; checkpoint: the path written, or None;
+    epoch: the 1-based epoch in progress; step_in_epoch: batches of it already done."""
+
+    def __init__(self, message, signal_name, checkpoint, epoch, step_in_epoch):
+        super().__init__(message)
+        self.signal_name, self.checkpoint = signal_name, checkpoint
+        self.epoch, self.step_in_epoch = epoch, step_in_epoch
+
+
 def fit(model, x, epochs=10, batch_size=128, lr=1e-3, validation_data=None, beta=1.0,
         warmup_epochs=0.0, binarize=None, k=1, objective="elbo", seed=None,
         early_stopping_patience=None, checkpoint=None, progress=None):
