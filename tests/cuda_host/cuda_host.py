@@ -30,6 +30,7 @@ _DYN_SMEM = re.compile(r'extern\s+__shared__\s+(?:__align__\s*\(\s*\d+\s*\)\s*)?
                        r'(?:__align__\s*\(\s*\d+\s*\)\s*)?(\w+)\s*\[\s*\]')
 _INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.M)
 _lock = threading.Lock()
+_build_locks = {}   # .so path -> threading.Lock (see _compile_once)
 ORDERS = ("fwd", "rev", "rand")
 
 
@@ -75,6 +76,33 @@ def default_cache_dir():
     return pathlib.Path(tempfile.gettempdir()) / f"cuda_host-{os.getuid()}"
 
 
+def _compile_once(so, wrapper, command, source):
+    """Build the cached ``so`` unless it exists. Safe for threads and processes sharing one cache:
+    every build writes its own uniquely named .cpp and .so (mkstemp) and renames the .so into
+    place atomically, so a reader never sees a partial file and two builders never share a
+    temporary (a name made from the pid alone collided between two threads of one process). The
+    per-file thread lock only saves a second thread the duplicate compile."""
+    with _lock:
+        lock = _build_locks.setdefault(so, threading.Lock())
+    with lock:
+        if so.exists():
+            return
+        fd, cpp = tempfile.mkstemp(prefix=f".{so.stem}-", suffix=".cpp", dir=so.parent)
+        with os.fdopen(fd, "w") as f:
+            f.write(wrapper)
+        fd, tmp = tempfile.mkstemp(prefix=f".{so.stem}-", suffix=".so.tmp", dir=so.parent)
+        os.close(fd)
+        try:
+            r = subprocess.run([*command, cpp, "-o", tmp], capture_output=True, text=True)
+            if r.returncode:
+                raise RuntimeError(f"host compile of {source} failed:\n{r.stderr}")
+            os.replace(tmp, so)
+        finally:
+            for leftover in (cpp, tmp):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(leftover)
+
+
 def _sources(path, inc_dirs, seen=None):
     """The .cu file and every local header it pulls in with #include "..."."""
     seen = {} if seen is None else seen
@@ -117,14 +145,7 @@ class HostModule:
         cache = pathlib.Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         cache.mkdir(parents=True, exist_ok=True)
         so = cache / f"{path.stem}-{h}.so"
-        if not so.exists():
-            cpp = cache / f"{path.stem}-{h}.cpp"
-            cpp.write_text(wrapper)
-            tmp = so.with_suffix(f".{os.getpid()}.tmp")
-            r = subprocess.run([cxx, *flags, str(cpp), "-o", str(tmp)], capture_output=True, text=True)
-            if r.returncode:
-                raise RuntimeError(f"host compile of {path} failed:\n{r.stderr}")
-            os.replace(tmp, so)
+        _compile_once(so, wrapper, [cxx, *flags], path)
         self.path, self.names, self.so = path, names, so
         self.lib = ctypes.CDLL(str(so))
         self.lib.cudahost_last_error.restype = ctypes.c_char_p

@@ -165,3 +165,46 @@ def test_sanitizers(san, case, expect, tmp_path_factory):
         assert r.returncode == 0 and "Sanitizer" not in r.stderr, r.stderr[-3000:]
     else:
         assert r.returncode != 0 and expect in r.stderr, r.stderr[-3000:]
+
+
+# ------------------------------------------------------------------------------------------------
+# The compile cache on a cold directory: threads of one process and separate processes building
+# the same module at once (the log-likelihood's worker threads did, and two temporaries named by
+# the pid alone collided: FileNotFoundError in os.replace).
+
+def _build_lse(cache_dir):
+    return HostModule(KDIR / "lse.cu", options=("-I", str(KDIR)), cache_dir=cache_dir)
+
+
+def _assert_one_clean_build(cache_dir):
+    assert sorted(p.suffix for p in pathlib.Path(cache_dir).iterdir()) == [".so"]
+
+
+def test_cold_cache_threads_build_the_same_module_at_once(tmp_path):
+    import concurrent.futures
+    import threading
+    start = threading.Barrier(4)
+
+    def build(_):
+        start.wait()
+        return _build_lse(tmp_path)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        modules = list(pool.map(build, range(4)))
+    assert len({m.so for m in modules}) == 1
+    _assert_one_clean_build(tmp_path)
+    x = np.random.default_rng(3).standard_normal((5, 37)).astype(np.float32)
+    out = np.empty(5, np.float32)
+    modules[-1].get_function("row_logsumexp")((5,), (32,), (x, np.int32(5), np.int32(37), out))
+    np.testing.assert_allclose(out, np_lse(x), rtol=1e-5)
+
+
+def test_cold_cache_processes_build_the_same_module_at_once(tmp_path):
+    code = ("import sys; from tests.cuda_host.test_cuda_host import _build_lse; "
+            "_build_lse(sys.argv[1])")
+    root = HERE.parent.parent
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=root,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    errors = [p.communicate()[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    _assert_one_clean_build(tmp_path)
