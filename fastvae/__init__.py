@@ -10,8 +10,9 @@ import importlib
 __version__ = "0.1.0"
 _SUBMODULES = ("ops", "random", "datasets", "data", "model", "train", "eval", "figures",
                "torch", "jax", "distributed")   # the last three need optional extras
-_NAMES = {"VAE": "model", "TrainingDiverged": "train", "set_num_threads": "_threads",
-          "num_threads": "_threads"}
+_NAMES = {"VAE": "model", "TrainingDiverged": "train", "TrainingInterrupted": "train",
+          "CheckpointNotWritten": "train", "CheckpointError": "checkpoint",
+          "set_num_threads": "_threads", "num_threads": "_threads"}
 
 
 def __getattr__(name):

@@ -319,7 +319,10 @@ class Dataset:
 
     name: "fashion-mnist", "digits", or the file's name. x_train (N, D), x_test (M, D): float32,
     [0, 1] for the named datasets (a user file is converted, not checked: run ``check_data``).
-    source: where the data was read from. y_train, y_test: labels when known, else None.
+    source: where the data was read from, and how integers were scaled. y_train, y_test: labels
+    when known, else None. test_name, test_first_row: what to call x_test in error messages (the
+    file, when it is a slice of one) and the file row of its first row, so that ``check_data(
+    ds.x_test, ..., name=ds.test_name, first_row=ds.test_first_row)`` names rows of the file.
     """
     name: str
     x_train: np.ndarray
@@ -327,6 +330,8 @@ class Dataset:
     source: str
     y_train: np.ndarray = None
     y_test: np.ndarray = None
+    test_name: str = "x_test"
+    test_first_row: int = 0
 
     @property
     def input_dim(self):
@@ -341,7 +346,8 @@ def _fashion_dataset():
     xtr, ytr = load_fashion_mnist("train")
     xte, yte = load_fashion_mnist("test")
     source = os.path.dirname(find_fashion_mnist("train")[0])
-    return Dataset("fashion-mnist", xtr, xte, source, ytr, yte)
+    return Dataset("fashion-mnist", xtr, xte, source, ytr, yte,
+                   test_name=find_fashion_mnist("test")[0])
 
 
 def _digits_dataset():
@@ -349,7 +355,8 @@ def _digits_dataset():
     perm = np.random.default_rng(DIGITS_SEED).permutation(len(x))
     tr, te = perm[:DIGITS_SPLIT[0]], perm[DIGITS_SPLIT[0]:]
     return Dataset("digits", x[tr], x[te], "sklearn.datasets.load_digits "
-                   f"(seeded {DIGITS_SPLIT[0]}/{DIGITS_SPLIT[1]} split)", y[tr], y[te])
+                   f"(seeded {DIGITS_SPLIT[0]}/{DIGITS_SPLIT[1]} split)", y[tr], y[te],
+                   test_name="the digits test set")
 
 
 def _sniff(path):
@@ -362,19 +369,63 @@ def _sniff(path):
     return "idx"                                   # plain or gzip; read_idx says if it is not
 
 
-def _rows(path, a):
-    """(N, D) float32 rows: uint8 scaled by 1/255, other types converted as they are."""
-    if a.ndim < 2:
-        raise ValueError(f"{path}: expected rows (N, D) or images (N, H, W, ...), got shape "
-                         f"{a.shape}")
-    a = a.reshape(len(a), -1)
-    if a.dtype == np.uint8:
-        return _scale_uint8(a)
-    if a.dtype.kind not in "biuf":
-        raise ValueError(f"{path}: expected a numeric array, got dtype {a.dtype}")
-    if a.dtype == np.float32:                    # native float32 (a memmap stays mapped)
-        return a
-    return a.astype(np.float32)                  # in memory, including big-endian IDX floats
+def _int_range(a):
+    """(min, max) of an integer or boolean array as Python ints, read about _CHUNK bytes of rows
+    at a time (a memmap is streamed, never held whole)."""
+    step = max(1, _CHUNK // max(1, a[0].nbytes))
+    lo, hi = None, None
+    for start in range(0, len(a), step):
+        b = a[start:start + step]
+        b_lo, b_hi = int(b.min()), int(b.max())
+        lo = b_lo if lo is None else min(lo, b_lo)
+        hi = b_hi if hi is None else max(hi, b_hi)
+    return lo, hi
+
+
+def _integer_scale(path, arrays):
+    """(divisor, note) for integer/boolean row arrays: 1 when every value is 0 or 1 (binary
+    data, e.g. binarized MNIST saved as uint8), 255 for other uint8 (pixels), else ValueError."""
+    ranges = [_int_range(a) for a in arrays]
+    lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
+    dtypes = "/".join(sorted({a.dtype.name for a in arrays}))
+    if lo >= 0 and hi <= 1:
+        return 1, f"{dtypes} 0/1 values taken as binary data (not divided by 255)"
+    if all(a.dtype == np.uint8 for a in arrays):
+        return 255, "uint8 divided by 255"
+    raise ValueError(
+        f"{path}: {dtypes} values in [{lo}, {hi}]: fastvae scales integer data only when it is "
+        f"uint8 pixels (divided by 255) or 0/1; it does not guess the scale of other integers. "
+        f"Convert the rows to float32 yourself, e.g. to [0, 1] with "
+        f"np.save('rows.npy', ((a - {lo}) / {max(hi - lo, 1)}).astype(np.float32))")
+
+
+def _rows(path, *arrays):
+    """(N, D) float32 rows of each array, and a note on how integers were scaled (or "").
+
+    Integer and boolean arrays are scaled together (see _integer_scale): 0/1 values are kept,
+    other uint8 is divided by 255, other integers are refused. Floats are converted as they are
+    (native float32 is returned as it is: a memmap stays mapped)."""
+    rows = []
+    for a in arrays:
+        if a.size == 0:
+            raise ValueError(f"{path}: holds no data: an empty array of shape {a.shape} (need "
+                             f"rows (N, D) or images (N, H, W, ...) with N >= 1)")
+        if a.ndim < 2:
+            raise ValueError(f"{path}: expected rows (N, D) or images (N, H, W, ...), got shape "
+                             f"{a.shape}")
+        if a.dtype.kind not in "biuf":
+            raise ValueError(f"{path}: expected a numeric array, got dtype {a.dtype}")
+        rows.append(a.reshape(len(a), -1))
+    integers = [a for a in rows if a.dtype.kind in "biu"]
+    divisor, note = _integer_scale(path, integers) if integers else (1, "")
+    out = []
+    for a in rows:
+        if a.dtype.kind in "biu":
+            a = _scale_uint8(a) if divisor == 255 else a.astype(np.float32)
+        elif a.dtype != np.float32:              # in memory, including big-endian IDX floats
+            a = a.astype(np.float32)
+        out.append(a)                            # native float32 (a memmap stays mapped)
+    return out, note
 
 
 def _file_dataset(path, mmap):
@@ -385,12 +436,12 @@ def _file_dataset(path, mmap):
             files = z.files
         for tr, te in (("x_train", "x_test"), ("train", "test")):
             if tr in files and te in files:
-                xtr = _rows(path, load_array(path, tr))
-                xte = _rows(path, load_array(path, te))
+                (xtr, xte), note = _rows(path, load_array(path, tr), load_array(path, te))
                 if xtr.shape[1] != xte.shape[1]:
                     raise ValueError(f"{path}: {tr!r} has {xtr.shape[1]} columns, {te!r} has "
                                      f"{xte.shape[1]}")
-                return Dataset(name, xtr, xte, f"{path} [{tr!r}, {te!r}]")
+                return Dataset(name, xtr, xte, f"{path} [{tr!r}, {te!r}]" + _note(note),
+                               test_name=f"{path} [{te!r}]")
         if len(files) != 1:
             raise ValueError(f"{path}: expected arrays 'x_train' and 'x_test' (or 'train' and "
                              f"'test') or a single array, found {files}")
@@ -399,13 +450,18 @@ def _file_dataset(path, mmap):
         x = load_array(path, mmap=mmap)
     else:
         x = read_idx(path, mmap=mmap)
-    x = _rows(path, x)
+    (x,), note = _rows(path, x)
     if len(x) < 2:
         raise ValueError(f"{path}: need at least 2 rows to split into train and test, got "
                          f"{len(x)}")
     n_test = max(1, len(x) // 10)
     return Dataset(name, x[:-n_test], x[-n_test:],
-                   f"{path} (last {n_test} of {len(x)} rows held out as test)")
+                   f"{path} (last {n_test} of {len(x)} rows held out as test)" + _note(note),
+                   test_name=path, test_first_row=len(x) - n_test)
+
+
+def _note(note):
+    return f"; {note}" if note else ""
 
 
 def load_dataset(name="auto", mmap=True):
@@ -416,9 +472,16 @@ def load_dataset(name="auto", mmap=True):
       "digits"         scikit-learn's 8x8 digits, a seeded 1500/297 split of 1797 rows of 64.
       "auto"           Fashion-MNIST if found, else digits with a warning saying why.
       a path           an .npz with arrays x_train and x_test (or train and test), or a single
-                       array in .npy, .npz or IDX (plain or gzip): images (N, H, W) are flattened,
-                       uint8 is scaled by 1/255, and the last 10% of rows (at least one) are the
-                       test set (contiguous, so a memmap stays mapped: shuffle ordered files first).
+                       array in .npy, .npz or IDX (plain or gzip): images (N, H, W) are flattened
+                       and the last 10% of rows (at least one) are the test set (contiguous, so a
+                       memmap stays mapped: shuffle ordered files first).
+    Integer (and boolean) files are scaled by what they hold, found in one chunked pass (a
+    memmap is never read whole): all values 0 or 1 -> binary data, kept as 0.0/1.0 (binarized
+    MNIST saved as uint8 is NOT divided by 255); other uint8 -> divided by 255 (pixels); any
+    other integer data (int16 0..1000, int8 with negatives, ...) -> ValueError naming the file:
+    fastvae does not guess a scale, convert such data to float32 yourself. The choice is stated
+    in the Dataset's ``source`` (the CLI prints it). An empty array -> ValueError naming the file.
+    Float data is converted to float32 but not checked (see ``check_data``).
     mmap: map plain .npy/IDX files instead of reading them. Native float32 (.npy) stays mapped,
         so a file larger than RAM works; other dtypes, and IDX floats (big-endian on disk), are
         converted to float32 in memory.
@@ -477,12 +540,70 @@ def _first(mask):
     return tuple(int(i) for i in np.argwhere(mask)[0])
 
 
-def check_data(x, likelihood, input_dim=None, name="x", block_rows=None):
+# native float dtype -> (unsigned integer of its width, the bits of 1.0)
+_ONE_BITS = {np.dtype(np.float32): (np.uint32, 0x3F800000),
+             np.dtype(np.float64): (np.uint64, 0x3FF0000000000000)}
+
+
+def block_is_clean(b, likelihood):
+    """True if the in-memory block b holds no NaN/Inf and, for "bernoulli", only values in
+    [0, 1]. The cheap path that every evaluation chunk takes (fastvae/eval.py has its measured
+    cost): one pass, no temporary array, for native float32/float64:
+      bernoulli: the bits of +0.0 .. 1.0, read as unsigned integers, are 0 .. bits(1.0), and
+        every other value (negatives, -0.0 included; > 1; NaN; Inf) is above: one integer max.
+      gaussian: NaN or Inf anywhere makes the dot product of the block with itself NaN or Inf
+        (so can finite values above ~1e19 in float32; the exact test below then decides).
+    Anything else (and a fast test that fails) takes a min and a max, NaN propagating."""
+    if b.size == 0:
+        return True
+    if b.dtype.kind != "f" and likelihood != "bernoulli":
+        return True
+    fast = _ONE_BITS.get(b.dtype)
+    if fast is not None:
+        if likelihood == "bernoulli":
+            if b.view(fast[0]).max() <= fast[1]:
+                return True
+        elif b.flags.c_contiguous:
+            flat = b.reshape(-1)
+            with np.errstate(over="ignore", invalid="ignore"):
+                square = np.dot(flat, flat)
+            if np.isfinite(square):
+                return True
+    lo, hi = b.min(), b.max()
+    if likelihood == "bernoulli":
+        return bool(lo >= 0) and bool(hi <= 1)        # False for NaN
+    return bool(np.isfinite(lo)) and bool(np.isfinite(hi))
+
+
+def raise_first_bad(b, likelihood, name="x", first_row=0):
+    """Raise ValueError naming the first offending value of the block b (n, D), whose row 0 is
+    row ``first_row`` of the argument ``name``: NaN/Inf first, then (for "bernoulli") values
+    outside [0, 1]. Returns None if b is clean."""
+    last = first_row + len(b) - 1
+    if b.dtype.kind == "f":
+        bad = ~np.isfinite(b)
+        if bad.any():
+            i, j = _first(bad)
+            raise ValueError(f"{name} has a non-finite value {b[i, j]} at row {first_row + i}, "
+                             f"column {j} ({int(bad.sum())} in rows {first_row}..{last}); "
+                             f"remove or impute NaN/Inf first")
+    if likelihood == "bernoulli":
+        bad = (b < 0) | (b > 1)
+        if bad.any():
+            i, j = _first(bad)
+            raise ValueError(f"{name} has {b[i, j]} at row {first_row + i}, column {j}, outside "
+                             f"[0, 1], which the Bernoulli likelihood needs (scale the data, "
+                             f"e.g. divide uint8 pixels by 255, or use likelihood='gaussian')")
+
+
+def check_data(x, likelihood, input_dim=None, name="x", block_rows=None, first_row=0):
     """Refuse data a model cannot train on, reading ``x`` one block of rows at a time.
 
     x: (N, D) array or memmap (may be larger than RAM: only ``block_rows`` rows are in memory
         at once; by default blocks of about 16 MiB). likelihood: "bernoulli" (values must lie
         in [0, 1]) or "gaussian". input_dim: the model's D, or None to skip the width check.
+    name: what to call x in messages (an argument's name, a file). first_row: the row number
+        that x's first row has in messages (x a slice of a file, say).
     Raises ValueError naming the first offending row, column and value for NaN/Inf or values
     outside [0, 1]; and for the wrong rank, width, an empty array or a non-numeric dtype.
     Returns None.
@@ -503,22 +624,11 @@ def check_data(x, likelihood, input_dim=None, name="x", block_rows=None):
     kind = np.dtype(x.dtype).kind
     if kind not in "biuf":
         raise ValueError(f"{name} must be numeric, got dtype {x.dtype}")
+    if kind != "f" and likelihood != "bernoulli":
+        return                                   # integers are finite: nothing to read
     if block_rows is None:
         block_rows = max(1, _CHUNK // (d * 8))
     for start in range(0, n, block_rows):
         b = np.asarray(x[start:start + block_rows])
-        if kind == "f":
-            bad = ~np.isfinite(b)
-            if bad.any():
-                i, j = _first(bad)
-                raise ValueError(f"{name} has a non-finite value {b[i, j]} at row {start + i}, "
-                                 f"column {j} ({int(bad.sum())} in rows {start}.."
-                                 f"{start + len(b) - 1}); remove or impute NaN/Inf first")
-        if likelihood == "bernoulli":
-            bad = (b < 0) | (b > 1)
-            if bad.any():
-                i, j = _first(bad)
-                raise ValueError(f"{name} has {b[i, j]} at row {start + i}, column {j}, outside "
-                                 f"[0, 1], which the Bernoulli likelihood needs (scale the data, "
-                                 f"e.g. divide uint8 pixels by 255, or use "
-                                 f"likelihood='gaussian')")
+        if not block_is_clean(b, likelihood):
+            raise_first_bad(b, likelihood, name, first_row + start)

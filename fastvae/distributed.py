@@ -20,6 +20,11 @@ How it works:
   the result is bit for bit ``model.log_likelihood(x, K, seed, max_pairs=max_pairs)``.
 - A task whose worker dies is re-run elsewhere by the scheduler (the result of a chunk depends
   on nothing but its rows, the model and the seed), so the result is complete and unchanged.
+- The rows are checked where they are read, inside each task (``fastvae.eval`` checks every
+  chunk as it converts it): NaN/Inf, or values outside [0, 1] for a Bernoulli model, fail the
+  task with a ValueError naming ``data``, the global row, the column and the value, which
+  computing the result raises. The client never reads the rows (a memmap larger than RAM, or
+  a file only the workers see, stays where it is) and nothing is read twice.
 - CuPy chunks (a dask array of CuPy arrays on GPU workers): the worker moves its model to the
   chunk's GPU and the chunk's estimator runs there; the (N,) result chunks are NumPy.
 """
@@ -105,14 +110,14 @@ def _block_log_likelihood(block, spec, K, seed, max_pairs, block_info=None):
     first_row = block_info[0]["array-location"][0][0]
     if type(block).__module__.split(".")[0] != "cupy":
         return _log_likelihood_local(_worker_model(spec), block, K, seed, max_pairs,
-                                     progress=False, first_row=first_row)
+                                     progress=False, first_row=first_row, name="data")
     import cupy
     with cupy.cuda.Device(block.device.id):
         model = _worker_model(spec, "cuda", block.device.id)
         # eval's row reader is host-side (np.ascontiguousarray), so the rows take one round trip
         # (n*D values) against the K decoder passes per row that follow on the GPU.
         return _log_likelihood_local(model, cupy.asnumpy(block), K, seed, max_pairs,
-                                     progress=False, first_row=first_row)
+                                     progress=False, first_row=first_row, name="data")
 
 
 def log_likelihood(model, data, K=5000, seed=None, max_pairs=DEFAULT_MAX_PAIRS, client=None,
@@ -137,6 +142,9 @@ def log_likelihood(model, data, K=5000, seed=None, max_pairs=DEFAULT_MAX_PAIRS, 
     filled the same way and returned. A task may run twice (a worker lost after it wrote); it then
     writes the same values, so the file is the same.
     seed: as in ``fastvae.eval.log_likelihood`` (None: model.seed + 2).
+    Bad rows (NaN/Inf; outside [0, 1] for a Bernoulli model) make the computation raise
+    ValueError naming the global row, column and value (checked in the tasks, see the module doc);
+    with out=, before this function returns.
     """
     K = check.integer("K", K, 1)
     max_pairs = check.integer("max_pairs", max_pairs, 1)

@@ -43,6 +43,7 @@ class VAE:
         self._init_params(np.random.default_rng(self.seed))
         self.optimizer_state = None   # set by fit(); saved with checkpoints
         self.history = []
+        self.resume_state = None      # where an interrupted fit stands (fastvae/train.py)
 
     # -----------------------------------------------------------------------------------------
     # architecture
@@ -50,21 +51,11 @@ class VAE:
     def layers(self):
         """[(name, in_dim, out_dim, activation)] in forward order; the mu/logvar heads both read
         the last encoder layer."""
-        enc = (self.input_dim,) + self.hidden_dims
-        dec = (self.latent_dim,) + self.hidden_dims[::-1]
-        out = [(f"enc{i}", enc[i], enc[i + 1], self.activation) for i in range(len(enc) - 1)]
-        out += [("enc_mu", enc[-1], self.latent_dim, "identity"),
-                ("enc_logvar", enc[-1], self.latent_dim, "identity")]
-        out += [(f"dec{i}", dec[i], dec[i + 1], self.activation) for i in range(len(dec) - 1)]
-        return out + [("dec_out", dec[-1], self.input_dim, "identity")]
+        return _layers(self.input_dim, self.hidden_dims, self.latent_dim, self.activation)
 
     def _param_shapes(self):
-        shapes = {}
-        for name, n_in, n_out, _ in self.layers():
-            shapes[f"{name}.W"], shapes[f"{name}.b"] = (n_in, n_out), (n_out,)
-        if self.likelihood == "gaussian":
-            shapes["dec_out.logvar"] = (self.input_dim,)
-        return shapes
+        return param_shapes(self.input_dim, self.hidden_dims, self.latent_dim, self.likelihood,
+                            self.activation)
 
     def _init_params(self, rng):
         """Glorot-uniform W (He-uniform before relu), zero b, zero decoder log-variance."""
@@ -224,28 +215,35 @@ class VAE:
     # inference
     # -----------------------------------------------------------------------------------------
     def encode(self, x):
-        """x (N, D) -> (mu, logvar), each (N, L)."""
+        """x (N, D) -> (mu, logvar), each (N, L). x is checked chunk by chunk as it is read:
+        NaN/Inf, and for a Bernoulli model values outside [0, 1], raise ValueError naming the
+        row, column and value (``fastvae.eval.map_rows``)."""
         from .eval import map_rows
         return map_rows(self, x, lambda chunk: self._encode(chunk)[:2])
 
     def decode(self, z):
-        """z (N, L) -> (N, D): Bernoulli probabilities, or the Gaussian means."""
+        """z (N, L) -> (N, D): Bernoulli probabilities, or the Gaussian means.
+        NaN/Inf in z raise ValueError naming the row and column (a sigmoid would hide them)."""
         (z,) = check.float_arrays({"z": (z, ("N", "L"))}, dtype=self.dtype)
-        z = self.k.xp.asarray(z)
         if z.shape[1] != self.latent_dim:
             raise ValueError(f"z must have latent_dim = {self.latent_dim} columns, got {z.shape}")
+        if not np.isfinite(float(z.min())) or not np.isfinite(float(z.max())):   # NaN propagates
+            from .data import raise_first_bad
+            raise_first_bad(_backend.to_host(z), "gaussian", "z")
+        z = self.k.xp.asarray(z)
         out, _ = self._decode(z)
         out = _sigmoid(out) if self.likelihood == "bernoulli" else out
         return _backend.to_host(out).astype(self.dtype, copy=False)
 
     def reconstruct(self, x):
-        """x (N, D) -> decode(mu(x)) (N, D)."""
+        """x (N, D) -> decode(mu(x)) (N, D). x is checked as in ``encode``."""
         return self.decode(self.encode(x)[0])
 
     def sample(self, n, seed=None):
-        """n samples from the model: decode(z) with z ~ N(0, I) from Philox (seed, offset 0)."""
+        """n samples from the model: decode(z) with z ~ N(0, I) from Philox (seed, offset 0).
+        n: an integer >= 1; seed: an integer in [0, 2^64) (default: the model's seed + 1)."""
         n = check.integer("n", n, 1)
-        seed = self.seed + 1 if seed is None else seed
+        seed = self.seed + 1 if seed is None else check.integer("seed", seed, 0, 2 ** 64 - 1)
         return self.decode(self.k.random.normal((n, self.latent_dim), seed, 0, self.dtype))
 
     def to(self, device):
@@ -269,12 +267,14 @@ class VAE:
         return fit(self, x, **options)
 
     def elbo(self, x, k=1, seed=None, batch_size=1024):
-        """(N,) per-example ELBO in nats (k-sample Monte Carlo of the reconstruction term)."""
+        """(N,) per-example ELBO in nats (k-sample Monte Carlo of the reconstruction term);
+        x is checked as in ``encode``."""
         from .eval import elbo
         return elbo(self, x, k=k, seed=seed, batch_size=batch_size)
 
     def log_likelihood(self, x, K=5000, seed=None, **options):
-        """(N,) importance-weighted estimate of log p(x) in nats; see ``fastvae.eval``."""
+        """(N,) importance-weighted estimate of log p(x) in nats; see ``fastvae.eval``.
+        x is checked as in ``encode``."""
         from .eval import log_likelihood
         return log_likelihood(self, x, K=K, seed=seed, **options)
 
@@ -291,6 +291,28 @@ class VAE:
         return dict(input_dim=self.input_dim, hidden_dims=list(self.hidden_dims),
                     latent_dim=self.latent_dim, likelihood=self.likelihood,
                     activation=self.activation, seed=self.seed, dtype=self.dtype.name)
+
+
+def _layers(input_dim, hidden_dims, latent_dim, activation):
+    """``VAE.layers`` of an architecture, without building a model."""
+    enc = (input_dim,) + tuple(hidden_dims)
+    dec = (latent_dim,) + tuple(hidden_dims)[::-1]
+    out = [(f"enc{i}", enc[i], enc[i + 1], activation) for i in range(len(enc) - 1)]
+    out += [("enc_mu", enc[-1], latent_dim, "identity"),
+            ("enc_logvar", enc[-1], latent_dim, "identity")]
+    out += [(f"dec{i}", dec[i], dec[i + 1], activation) for i in range(len(dec) - 1)]
+    return out + [("dec_out", dec[-1], input_dim, "identity")]
+
+
+def param_shapes(input_dim, hidden_dims, latent_dim, likelihood, activation="relu"):
+    """{name: shape} of the parameters of an architecture, in buffer order, computed without
+    allocating anything (the checkpoint loader checks a file against it before building)."""
+    shapes = {}
+    for name, n_in, n_out, _ in _layers(input_dim, hidden_dims, latent_dim, activation):
+        shapes[f"{name}.W"], shapes[f"{name}.b"] = (n_in, n_out), (n_out,)
+    if likelihood == "gaussian":
+        shapes["dec_out.logvar"] = (input_dim,)
+    return shapes
 
 
 def _repeat_rows(a, k):

@@ -115,3 +115,92 @@ def test_all_finite(launcher, dtype):
             b = a.copy()
             b[where] = bad
             assert not all_finite(b), (bad, where)
+
+
+@pytest.mark.parametrize("launcher", ["cpu", "cuda"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_abs_sum(launcher, dtype):
+    # The gradient guard of a training step: sum |g| in float64, NaN/Inf if any element is.
+    import importlib
+    abs_sum = importlib.import_module(f"fastvae.{launcher}.adam").abs_sum
+    rng = np.random.default_rng(11)
+    a = (rng.standard_normal(4099) * 10.0 ** rng.integers(-30, 30, 4099)).astype(dtype)
+    expected = np.abs(a.astype(np.float64)).sum()
+    assert abs_sum(a) == pytest.approx(expected, rel=1e-12)
+    big = np.full(7, np.finfo(dtype).max, dtype)      # the sum overflows dtype, not float64
+    assert abs_sum(big) == pytest.approx(7 * float(np.finfo(dtype).max), rel=1e-12)
+    for bad in (np.nan, np.inf, -np.inf):
+        for where in (0, 2048, 4098):
+            b = a.copy()
+            b[where] = bad
+            assert not np.isfinite(abs_sum(b)), (bad, where)
+
+
+def _overflow_cases(dtype):
+    """(lr, grad scale) pairs from harmless to overflowing params (huge lr) or v (g^2)."""
+    big_g = np.sqrt(np.finfo(dtype).max) * 4          # g finite, g^2 overflows dtype
+    return [(1e-3, 1.0), (1e-3, 1e4), (1e30, 1.0), (1e39, 1.0), (1e300, 1.0), (1e-3, big_g)]
+
+
+@pytest.mark.parametrize("launcher", ["cpu", "cuda"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_stays_finite_predicts_the_update(launcher, dtype):
+    # The read-only check must say whether the update it is given leaves param, m and v finite:
+    # run the update on copies and compare. It may refuse where g^2 overflows though the update
+    # would fit (conservative), never the other way. The CUDA launcher's check runs on NumPy.
+    import importlib
+    mod = importlib.import_module(f"fastvae.{launcher}.adam")
+    rng = np.random.default_rng(12)
+    for lr, scale in _overflow_cases(dtype):
+        if dtype == np.float64 and lr == 1e39:
+            lr = 1e300
+        p, m, v, _ = _inputs(4099, rng, 0)
+        p, m, v = (a.astype(dtype) for a in (p, m, v))
+        g = (rng.standard_normal(4099) * scale).astype(dtype)
+        predicted = mod.adam_stays_finite(p, g, m, v, 3, lr=lr)
+        p2, m2, v2 = p.copy(), m.copy(), v.copy()
+        with np.errstate(over="ignore", invalid="ignore"):
+            adam.adam_update(p2, g, m2, v2, 3, lr=lr)
+        landed = all(np.isfinite(a).all() for a in (p2, m2, v2))
+        with np.errstate(over="ignore"):
+            g_squared_overflows = not np.isfinite(g * g).all()
+        assert predicted == (landed and not g_squared_overflows), (lr, scale)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_adam_update_never_lands_a_non_finite_step(dtype):
+    # fastvae.optim.Adam.update proves most steps finite from running bounds and checks the rest
+    # exactly: over lr and gradient scales from ordinary to overflowing, an update either lands
+    # with everything finite, or returns False leaving params, m, v and step bit for bit.
+    from fastvae.model import VAE
+    from fastvae.optim import Adam
+    model = VAE(13, (7,), 3, dtype=dtype, seed=1)
+    opt = Adam(model)
+    rng = np.random.default_rng(13)
+    refused = 0
+    for lr, scale in _overflow_cases(np.dtype(dtype)) * 3:
+        opt.lr = lr
+        g = (rng.standard_normal(model.n_params) * scale).astype(dtype)
+        before = [a.copy() for a in (model.params.flat, opt.m, opt.v)], opt.step
+        if opt.update(g):
+            assert all(np.isfinite(a).all() for a in (model.params.flat, opt.m, opt.v))
+            assert opt.step == before[1] + 1
+        else:
+            refused += 1
+            for saved, a in zip(before[0], (model.params.flat, opt.m, opt.v)):
+                np.testing.assert_array_equal(a, saved)
+            assert opt.step == before[1]
+    assert refused >= 3          # the overflowing cases were refused
+
+
+def test_ordinary_steps_skip_the_exact_check(monkeypatch):
+    # The bound path must hold in ordinary training (else every step pays the exact check).
+    from fastvae.cpu import adam as cpu_adam
+    from fastvae.model import VAE
+    calls = []
+    exact = cpu_adam.adam_stays_finite
+    monkeypatch.setattr(cpu_adam, "adam_stays_finite", lambda *a: calls.append(1) or exact(*a))
+    x = (np.random.default_rng(14).random((64, 13)) < 0.4).astype(np.float32)
+    model = VAE(13, (7,), 3, seed=2)
+    model.fit(x, epochs=3, batch_size=8, lr=1e-2, progress=False)
+    assert model.optimizer_state.step == 24 and calls == []

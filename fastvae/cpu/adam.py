@@ -11,7 +11,7 @@ runs in the parameter dtype (float32: 8 AVX2 lanes), as the reference does.
 import numpy as np
 from numba import prange
 
-from fastvae.cpu._numba import jit, jit_parallel
+from fastvae.cpu._numba import jit, jit_math, jit_parallel
 
 # Elements per parallel chunk, and the size from which the chunks run in parallel. 2 threads vs 1,
 # float32, in place (bench_adam.py::test_parallel_vs_serial): 4096 0.65x, 16384 0.82x,
@@ -20,20 +20,26 @@ CHUNK = 1 << 14
 PARALLEL_MIN = 1 << 15
 
 
+@jit_math
+def _adam_element(p, mi, vi, g, lr, beta1, beta2, eps, inv_bc1, inv_bc2):
+    # one element's new (param, m, v); the update and its finiteness check share this code,
+    # compiled without reassociation (jit_math) so that both evaluate it in the written order
+    # and the check sees the values the update will write
+    # math: fastvae/_reference.py::adam_update
+    b1, c1 = beta1
+    b2, c2 = beta2
+    mi = b1 * mi + c1 * g
+    vi = b2 * vi + c2 * g * g
+    return p - lr * (mi * inv_bc1) / (np.sqrt(vi * inv_bc2) + eps), mi, vi
+
+
 @jit
 def _adam_span(param, m, v, grad, lr, beta1, beta2, eps, inv_bc1, inv_bc2):
     # param, m, v (P,) updated in place; grad (P,); scalars in the array dtype, beta1 and beta2
     # as (b, 1 - b) pairs
-    # math: fastvae/_reference.py::adam_update
-    b1, c1 = beta1
-    b2, c2 = beta2
     for i in range(param.shape[0]):
-        g = grad[i]
-        mi = b1 * m[i] + c1 * g
-        vi = b2 * v[i] + c2 * g * g
-        m[i] = mi
-        v[i] = vi
-        param[i] = param[i] - lr * (mi * inv_bc1) / (np.sqrt(vi * inv_bc2) + eps)
+        param[i], m[i], v[i] = _adam_element(param[i], m[i], v[i], grad[i], lr, beta1, beta2,
+                                             eps, inv_bc1, inv_bc2)
 
 
 @jit
@@ -53,20 +59,52 @@ def adam_kernel_parallel(param, m, v, grad, lr, beta1, beta2, eps, inv_bc1, inv_
                    inv_bc1, inv_bc2)
 
 
-def adam_update(param, grad, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
-    """One Adam step, in place on param, m, v (same shape and dtype as grad, C-contiguous; any
-    number of dimensions: flat views are updated). step = t >= 1. Returns None."""
+@jit
+def adam_stays_finite_kernel(param, m, v, grad, lr, beta1, beta2, eps, inv_bc1, inv_bc2):
+    # param, m, v, grad (P,), read only: True if the step would leave every new param, m and v
+    # finite, and g^2 too (conservative: (1 - b2) g g may still fit where g g does not, but no
+    # evaluation order of it can then overflow). x * 0 is 0 for finite x and NaN otherwise (see
+    # all_finite_kernel); the sum vectorizes.
+    zero = param.dtype.type(0.0)
+    acc = zero
+    for i in range(param.shape[0]):
+        g = grad[i]
+        p, mi, vi = _adam_element(param[i], m[i], v[i], g, lr, beta1, beta2, eps, inv_bc1,
+                                  inv_bc2)
+        acc += p * zero + mi * zero + vi * zero + (g * g) * zero
+    return acc == zero
+
+
+def _flat_args(param, grad, m, v, step, lr, beta1, beta2, eps):
+    """(param, m, v, grad) as flat views, then the scalars in the arrays' dtype."""
     arrays = (param, m, v, grad)
     if not all(a.flags.c_contiguous for a in arrays):   # then reshape(-1) is a view, not a copy
         raise ValueError("adam_update needs C-contiguous arrays (it updates them in place)")
-    flat = [a.reshape(-1) for a in arrays]
     dtype = param.dtype.type
     inv_bc1 = 1.0 / (1.0 - beta1 ** step)     # float64, once per call, then rounded to dtype
     inv_bc2 = 1.0 / (1.0 - beta2 ** step)
-    n = flat[0].shape[0]
+    with np.errstate(over="ignore"):         # an lr beyond the dtype is inf: the check says so
+        return (*(a.reshape(-1) for a in arrays), dtype(lr), (dtype(beta1), dtype(1.0 - beta1)),
+                (dtype(beta2), dtype(1.0 - beta2)), dtype(eps), dtype(inv_bc1), dtype(inv_bc2))
+
+
+def adam_update(param, grad, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
+    """One Adam step, in place on param, m, v (same shape and dtype as grad, C-contiguous; any
+    number of dimensions: flat views are updated). step = t >= 1. Returns None."""
+    args = _flat_args(param, grad, m, v, step, lr, beta1, beta2, eps)
+    n = args[0].shape[0]
     kernel = adam_kernel_parallel if n >= PARALLEL_MIN else adam_kernel
-    kernel(*flat, dtype(lr), (dtype(beta1), dtype(1.0 - beta1)),
-           (dtype(beta2), dtype(1.0 - beta2)), dtype(eps), dtype(inv_bc1), dtype(inv_bc2), n)
+    kernel(*args, n)
+
+
+def adam_stays_finite(param, grad, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
+    """True if ``adam_update`` with these arguments would leave param, m and v finite; reads
+    only. The model calls it before each update, so a step that would overflow (an lr too large
+    for the dtype, g^2 beyond float32) never lands and nothing has to be undone. Undoing instead
+    (copies of param, m, v before every update) made a 784-400-20 float32 batch-128 step 27-37%
+    slower (benchmarks/dev/adam_undo_cost.py)."""
+    return bool(adam_stays_finite_kernel(*_flat_args(param, grad, m, v, step, lr, beta1, beta2,
+                                                     eps)))
 
 
 @jit
@@ -77,6 +115,23 @@ def all_finite_kernel(a):
     for i in range(a.shape[0]):
         acc += a[i] * a.dtype.type(0.0)
     return acc == 0.0
+
+
+@jit
+def abs_sum_kernel(a):
+    # a (P,) -> sum |a| accumulated in float64 (vectorizes like all_finite_kernel; a max
+    # reduction did not: 1.30 ms against 0.12 ms at 652,824 float32); NaN/Inf if any element is
+    acc = 0.0
+    for i in range(a.shape[0]):
+        acc += abs(np.float64(a[i]))
+    return acc
+
+
+def abs_sum(a):
+    """sum |a| over a (any shape, C-contiguous) as a float: NaN/Inf if any element is. The
+    gradient guard before an Adam step; as an upper bound of max |a| it also feeds the step's
+    overflow bound (fastvae/optim.py::Adam.update)."""
+    return float(abs_sum_kernel(a.reshape(-1)))
 
 
 def all_finite(a):

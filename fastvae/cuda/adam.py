@@ -49,6 +49,33 @@ def adam_update(param, grad, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e
          T(inv_bc1), T(inv_bc2), np.int64(n)))
 
 
+def adam_stays_finite(param, grad, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
+    """True if ``adam_update`` with these arguments would leave param, m and v finite (and g^2:
+    conservative, see fastvae/cpu/adam.py); reads only. Elementwise array expressions in the
+    arrays' dtype and in the order of kernels/adam.cu, with temporaries of param's size: a
+    check that runs only where fastvae.optim.Adam's bounds cannot rule out an overflow."""
+    xp = array_module(param)
+    with np.errstate(over="ignore", invalid="ignore"):   # NumPy arrays (the host harness)
+        return _adam_stays_finite(xp, param, grad, m, v, step, lr, beta1, beta2, eps)
+
+
+def _adam_stays_finite(xp, param, grad, m, v, step, lr, beta1, beta2, eps):
+    T = param.dtype.type
+    inv_bc1 = T(1.0 / (1.0 - beta1 ** step))
+    inv_bc2 = T(1.0 / (1.0 - beta2 ** step))
+    new_m = T(beta1) * m + T(1.0 - beta1) * grad
+    new_v = T(beta2) * v + T(1.0 - beta2) * grad * grad
+    new_param = param - T(lr) * (new_m * inv_bc1) / (xp.sqrt(new_v * inv_bc2) + T(eps))
+    return all(bool(xp.isfinite(a).all()) for a in (new_param, new_m, new_v, grad * grad))
+
+
+def abs_sum(a):
+    """sum |a| as a float (float64 accumulation), NaN/Inf if any element is (see
+    fastvae/cpu/adam.py)."""
+    xp = array_module(a)
+    return float(xp.abs(a).sum(dtype=xp.float64))
+
+
 def all_finite(a):
     """True if every element of a is finite: the guard before an Adam step (one reduction)."""
     xp = array_module(a)
