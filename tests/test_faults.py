@@ -49,6 +49,16 @@ def _assert_same(a, b):
     assert (step_a, history_a) == (step_b, history_b)
 
 
+@pytest.fixture(autouse=True)
+def sigint_not_ignored():
+    """A shell's background job (CI, nohup) starts with SIGINT ignored, and fit leaves an ignored
+    signal ignored. These tests send SIGINT as a terminal's Ctrl-C would reach a foreground
+    program, so they run with Python's default handler."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _signal_after_step(monkeypatch, step, signum):
     """Make fit's train_step send signum to this process right after Adam's step ``step``."""
     real = train_mod.train_step
