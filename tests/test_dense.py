@@ -216,3 +216,17 @@ def test_activation_precision(activation, dtype):
     assert not bad.any(), (f"act' off by more than {eps:.1e} relative at y={y[ok][bad][:5]}: "
                            f"{got[ok][bad][:5]} vs {grad[activation][ok][bad][:5]}")
     np.testing.assert_array_equal(db, got[0])   # one row: db is da
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_backward_takes_a_read_only_dy(activation):
+    # dy read-only, as a JAX array arrives through fastvae.ops: for the identity the kernel used
+    # dy as its own output buffer, which Numba refused to compile for a read-only array.
+    rng = np.random.default_rng(21)
+    x, W, b = (rng.standard_normal(s).astype(np.float32) for s in ((9, 7), (7, 5), (5,)))
+    y, cache = dense.dense_forward(x, W, b, activation)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    expected = dense.dense_backward(dy, cache)
+    dy.flags.writeable = False
+    for got, want in zip(dense.dense_backward(dy, cache), expected):
+        np.testing.assert_array_equal(got, want)

@@ -32,35 +32,37 @@ def _ops(dtype, n, d, l, k, rng, readonly):
     in read-only, and Numba compiles separate code for it)."""
     r = lambda *shape: _input(rng.standard_normal(shape).astype(dtype), readonly)   # noqa: E731
     x01 = _input(rng.random((n, d)).astype(dtype), readonly)
+    g = lambda a: _input(np.array(a), readonly)   # noqa: E731  an upstream gradient like a
     for act in ACTIVATIONS:
         h, cache = ops.dense_forward(r(n, d), r(d, l), r(l), act)
-        ops.dense_backward(h, cache)
-        ops.dense_backward(h, cache, need_dx=False)
-    mu, logvar = r(n, l), r(n, l) * 0.1
+        ops.dense_backward(g(h), cache)
+        ops.dense_backward(g(h), cache, need_dx=False)
+    mu, logvar = r(n, l), _input(rng.standard_normal((n, l)).astype(dtype) * 0.1, readonly)
     for eps in (r(n, l), None):
         z, cache = ops.reparam_forward(mu, logvar, eps, seed=None if eps is not None else 1)
-        ops.reparam_backward(z, cache)
+        ops.reparam_backward(g(z), cache)
     kl, cache = ops.kl_forward(mu, logvar)
-    ops.kl_backward(kl, cache)
+    ops.kl_backward(g(kl), cache)
     ll, cache = ops.bernoulli_loglik_forward(x01, r(n, d))
-    ops.bernoulli_loglik_backward(ll, cache)
+    ops.bernoulli_loglik_backward(g(ll), cache)
     ll, cache = ops.gaussian_loglik_forward(r(n, d), r(n, d), r(d))
-    ops.gaussian_loglik_backward(ll, cache)
+    ops.gaussian_loglik_backward(g(ll), cache)
     for likelihood, x, dec_logvar in (("bernoulli", x01, None), ("gaussian", r(n, d), r(d))):
         kw = dict(likelihood=likelihood, dec_logvar=dec_logvar, beta=0.5)
         out, cache = ops.elbo_forward(x, r(n, d), mu, logvar, **kw)
-        ops.elbo_backward(out, cache)
+        ops.elbo_backward(g(out), cache)
         ops.elbo_loss_and_grads(x, r(n, d), mu, logvar, **kw)
         logw, cache = ops.log_weight_forward(x, r(n, k, d), mu, logvar, r(n, k, l),
                                              likelihood=likelihood, dec_logvar=dec_logvar)
-        ops.log_weight_backward(logw, cache)
+        ops.log_weight_backward(g(logw), cache)
     a = r(n, k * 7)
     lse, cache = ops.logsumexp_forward(a)
-    ops.logsumexp_backward(lse, cache)
-    ops.logsumexp_finalize(*ops.logsumexp_merge(*ops.logsumexp_partial(a),
-                                                *ops.logsumexp_partial(a)))
+    ops.logsumexp_backward(g(lse), cache)
+    state = ops.logsumexp_merge(*map(g, ops.logsumexp_partial(a)),
+                                *map(g, ops.logsumexp_partial(a)))
+    ops.logsumexp_finalize(*map(g, state))
     est, cache = ops.iwae_forward(a)
-    ops.iwae_backward(est, cache)
+    ops.iwae_backward(g(est), cache)
     p, m, v = (rng.random(n * d * 3).astype(dtype) for _ in range(3))   # updated in place
     ops.adam_update(p, r(p.size), m, v, step=2)
     fv_random.normal((n, d), 3, 0, dtype)

@@ -163,7 +163,12 @@ def dense_backward(dy, cache, need_dx=True, dW_out=None, db_out=None):
     x, W, y, activation = cache
     act = activation_code(activation)
     N, O = dy.shape
-    da = dy if act == IDENTITY else np.empty_like(dy)   # identity: da is dy, never written
+    # identity: da is dy, never written; but Numba types a read-only dy (a JAX array, say) as
+    # unwritable and refuses the kernel's write of the other activations, so that one is copied
+    if act == IDENTITY:
+        da = dy if dy.flags.writeable else dy.copy()
+    else:
+        da = np.empty_like(dy)
     db = np.empty(O, dtype=dy.dtype) if db_out is None else db_out
     dense_act_grad_kernel(da, db, dy, y, act, N, O)
     dW = np.matmul(x.T, da, out=dW_out)     # BLAS with a transposed operand, no copy of x
