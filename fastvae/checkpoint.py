@@ -259,8 +259,7 @@ def _field(ok, obj, key, what, expected, path):
 
 def _check_meta(meta, path, headers):
     """Validate meta against the schema; -> the parameter shapes the configuration implies."""
-    from ._reference import ACTIVATIONS
-    from .model import LIKELIHOODS, param_shapes
+    from .model import param_shapes
 
     if meta.get("format") != FORMAT or not _is_int(meta.get("version")) or \
             meta.get("version") != VERSION:
@@ -268,10 +267,26 @@ def _check_meta(meta, path, headers):
                               f"version {meta.get('version')!r} (expected {FORMAT!r} version "
                               f"{VERSION})")
     _keys(meta, "meta", META_KEYS, path, OPTIONAL_META_KEYS)
-
     config = meta["config"]
-    _keys(config, "meta['config']", CONFIG_KEYS, path)
+    _check_config(config, path)
+    _check_history(meta["history"], path)
+    if meta["optimizer"] is not None:
+        _check_optimizer(meta["optimizer"], path)
+    progress = meta.get("progress")
+    if progress is not None and not isinstance(progress, dict):
+        raise CheckpointError(f"{path}: meta['progress'] must be an object or null, got "
+                              f"{_json_type(progress)}")
+    _check_layer_count(config, headers, path)
+    return param_shapes(config["input_dim"], config["hidden_dims"], config["latent_dim"],
+                        config["likelihood"], config["activation"])
+
+
+def _check_config(config, path):
+    from ._reference import ACTIVATIONS
+    from .model import LIKELIHOODS
+
     c = "meta['config']"
+    _keys(config, c, CONFIG_KEYS, path)
     for key in ("input_dim", "latent_dim"):
         _field(lambda v: _is_int(v) and v >= 1, config, key, c, "an integer >= 1", path)
     _field(lambda v: isinstance(v, list) and all(_is_int(h) and h >= 1 for h in v), config,
@@ -282,7 +297,8 @@ def _check_meta(meta, path, headers):
            "an integer in [0, 2**63)", path)
     _field(lambda v: v in DTYPES, config, "dtype", c, f"one of {DTYPES}", path)
 
-    history = meta["history"]
+
+def _check_history(history, path):
     if not isinstance(history, list):
         raise CheckpointError(f"{path}: meta['history'] must be a list of objects (one per "
                               f"epoch), got {_json_type(history)}")
@@ -296,26 +312,21 @@ def _check_meta(meta, path, headers):
         _field(lambda v: v is None or _is_real(v), record, "val_elbo", what, "a number or null",
                path)
 
-    opt = meta["optimizer"]
-    if opt is not None:
-        o = "meta['optimizer']"
-        _keys(opt, o, OPTIMIZER_KEYS, path)
-        _field(lambda v: _is_int(v) and v >= 0, opt, "step", o, "an integer >= 0", path)
-        _field(lambda v: _is_real(v) and math.isfinite(v) and v > 0, opt, "lr", o,
-               "a finite number > 0", path)
-        for key in ("beta1", "beta2"):
-            _field(lambda v: _is_real(v) and 0 <= v < 1, opt, key, o, "a number in [0, 1)",
-                   path)
-        _field(lambda v: _is_real(v) and math.isfinite(v) and v > 0, opt, "eps", o,
-               "a finite number > 0", path)
 
-    progress = meta.get("progress")
-    if progress is not None and not isinstance(progress, dict):
-        raise CheckpointError(f"{path}: meta['progress'] must be an object or null, got "
-                              f"{_json_type(progress)}")
+def _check_optimizer(opt, path):
+    o = "meta['optimizer']"
+    _keys(opt, o, OPTIMIZER_KEYS, path)
+    _field(lambda v: _is_int(v) and v >= 0, opt, "step", o, "an integer >= 0", path)
+    for key in ("lr", "eps"):
+        _field(lambda v: _is_real(v) and math.isfinite(v) and v > 0, opt, key, o,
+               "a finite number > 0", path)
+    for key in ("beta1", "beta2"):
+        _field(lambda v: _is_real(v) and 0 <= v < 1, opt, key, o, "a number in [0, 1)", path)
 
-    # Count the parameter arrays before listing the expected ones, so that a config claiming
-    # millions of layers costs nothing (a small mismatch is reported by name, later).
+
+def _check_layer_count(config, headers, path):
+    """Count the parameter arrays before listing the expected ones, so that a config claiming
+    millions of layers costs nothing (a small mismatch is reported by name, later)."""
     n_hidden = len(config["hidden_dims"])
     expected = 2 * (2 * n_hidden + 3) + (config["likelihood"] == "gaussian")
     stored = sum(key.startswith("params/") for key in headers)
@@ -323,8 +334,6 @@ def _check_meta(meta, path, headers):
         raise CheckpointError(f"{path}: the configuration ({n_hidden} hidden layers, "
                               f"{config['likelihood']}) has {expected} parameter arrays, the "
                               f"file {stored}")
-    return param_shapes(config["input_dim"], config["hidden_dims"], config["latent_dim"],
-                        config["likelihood"], config["activation"])
 
 
 def _check_headers(headers, meta, shapes, path):

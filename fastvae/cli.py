@@ -288,9 +288,9 @@ def _probe_tcp(address, timeout):
     url = urllib.parse.urlsplit(address if "://" in address else f"tcp://{address}")
     if url.scheme != "tcp" or not url.hostname or url.port is None:
         return                                   # tls://, inproc://, ...: Dask alone decides
-    seconds = float(str(timeout).rstrip("s")) if str(timeout).rstrip("s") else 5.0
+    from dask.utils import parse_timedelta
     try:
-        socket.create_connection((url.hostname, url.port), timeout=seconds).close()
+        socket.create_connection((url.hostname, url.port), timeout=parse_timedelta(timeout)).close()
     except OSError as e:
         raise ValueError(f"cannot reach the Dask scheduler at {address}: "
                          f"{_connect_failure(e, timeout)}") from None

@@ -14,6 +14,7 @@ from . import _validate as check
 from ._backend import blas_owns_the_cores, to_host
 from ._threads import ordered_map
 from .data import block_is_clean, raise_first_bad
+from .model import _repeat_rows
 
 # Decoder work per chunk: 4096 (x, z) pairs. For 784-400-20-400-784 in float32 that is 12.8 MB of
 # decoder output + 6.6 MB of hidden activations; the row state (m, s) is 16 bytes per example.
@@ -182,19 +183,14 @@ def elbo(model, x, k=1, seed=None, batch_size=1024):
 def _elbo_chunk(model, x, eps):
     n, k, L = eps.shape
     mu, logvar, _ = model._encode(x)
-    mu_rep, logvar_rep = _repeat(mu, k), _repeat(logvar, k)
+    mu_rep, logvar_rep = _repeat_rows(mu, k), _repeat_rows(logvar, k)
     z, _ = model.k.reparam.reparam_forward(mu_rep, logvar_rep, eps.reshape(n * k, L))
     out, _ = model._decode(z)
-    per_pair, _ = model.k.elbo.elbo_forward(_repeat(x, k), out, mu_rep, logvar_rep,
+    # _repeat_rows: no copy for k = 1 (x.repeat(1, axis=0) copied: ~40 ms of a 186 ms ELBO of
+    # 10000 rows of 784, 10x the input check in _chunk; benchmarks/dev/input_check_cost.py)
+    per_pair, _ = model.k.elbo.elbo_forward(_repeat_rows(x, k), out, mu_rep, logvar_rep,
                                             model.likelihood, model._decoder_logvar(), 1.0)
     return to_host(per_pair).reshape(n, k).astype(np.float64).mean(axis=1)
-
-
-def _repeat(a, k):
-    """Each row k times in a row; for k = 1 the array itself. (a.repeat(1, axis=0) copies: for
-    the ELBO of 10000 rows of 784 that copy took ~40 ms of a 186 ms call, 10x the input check in
-    _chunk; benchmarks/dev/input_check_cost.py's machine, paired runs.)"""
-    return a if k == 1 else a.repeat(k, axis=0)
 
 
 def _no_bar(progress):

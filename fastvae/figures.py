@@ -31,10 +31,9 @@ def _tile(images, n_cols, shape):
 
 def reconstructions_and_samples(model, x, path, n=16, seed=0):
     """PNG: row 1 originals, row 2 their reconstructions, rows 3-4 samples from the prior.
-    The first n rows of x are checked first (ValueError naming the row for NaN/Inf, or values
-    outside [0, 1] for a Bernoulli model): the picture's clipping would hide them."""
-    from .data import check_data
-    check_data(x[:n], model.likelihood, model.input_dim, name="x")
+    ``model.reconstruct`` checks the first n rows of x before anything is drawn (ValueError
+    naming the row for NaN/Inf, or values outside [0, 1] for a Bernoulli model): the picture's
+    clipping would hide them."""
     plt = _pyplot()
     x = np.asarray(x[:n], dtype=np.float32)
     recon = model.reconstruct(x)

@@ -77,6 +77,7 @@ def abs_sum(a):
 
 
 def all_finite(a):
-    """True if every element of a is finite: the guard before an Adam step (one reduction)."""
+    """True if every element of a is finite (one reduction); the training step's guard is
+    ``abs_sum``."""
     xp = array_module(a)
     return bool(xp.isfinite(a).all())
