@@ -3,7 +3,6 @@
 The model's arrays are valid by construction, so it skips ``fastvae.ops``'s checks and calls the
 backend launchers, which take the same arguments.
 """
-import contextlib
 import importlib
 from types import SimpleNamespace
 
@@ -45,24 +44,8 @@ def _require_cuda():
         raise RuntimeError("this fastvae build has no CUDA kernels yet; use device='cpu'") from None
 
 
-@contextlib.contextmanager
 def blas_owns_the_cores(device):
-    """Run the Numba kernels single-threaded while the BLAS GEMMs keep their threads.
-
-    Model work alternates GEMMs with short elementwise/row kernels. On 2 cores, a Numba parallel
-    region right after an OpenBLAS call waits for OpenBLAS's spinning workers (and the other way
-    round), often for a whole 4 ms scheduler tick. Training step 784-400-20-400-784, batch 128,
-    float32 (/tmp/step.py, same run): Numba 2 threads 24.0 ms, Numba 1 thread 9.9 ms (2.4x);
-    log-likelihood K=1000: 68k vs 75k pairs/s. The row kernels are ~10% of a step, so little is
-    lost by running them on one thread.
-    """
-    if device != "cpu":
-        yield
-        return
-    import numba
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(before)
+    """The thread policy of model work: ``fastvae._threads.cpu_work`` (one-thread BLAS and
+    Numba inside the pool's tiles). Kept under this name for its callers."""
+    from ._threads import cpu_work
+    return cpu_work(device)

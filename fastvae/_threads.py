@@ -1,37 +1,44 @@
-"""How fastvae uses the CPU cores for the log-likelihood: row blocks on worker threads.
+"""fastvae's own threads: one persistent pool that runs every CPU step of training and evaluation.
 
-Model work alternates BLAS GEMMs with short Numba kernels. Letting OpenBLAS thread each GEMM
-leaves the Numba kernels between them on one core, and on a loaded machine OpenBLAS's threads
-collapse (waiting on a descheduled partner). Here each worker thread instead runs a whole block
-of rows with single-threaded BLAS and single-threaded Numba kernels, and the blocks run side by
-side. NumPy's BLAS calls and the Numba kernels (nogil) release the GIL, so the threads overlap in
-all the heavy parts.
+Model work alternates GEMMs with short fused kernels. Handing the GEMMs to OpenBLAS's threads
+leaves every kernel between them on one core, and OpenBLAS's fixed split waits on a descheduled
+partner: with one other CPU-bound process on 2 cores a training step kept 26-40% of its quiet rate
+(issue 11's table). Here fastvae owns the cores, as XLA's CPU runtime does:
 
-Log-likelihood, 784-400-20, 32 rows, K = 1000, float32, 2 cores, interleaved in one process,
-pairs/s, OpenBLAS 2 threads vs 2 workers: quiet machine (benchmarks/dev/threading_ab.py)
-84.5k vs 84.5k; machine loaded by other jobs (benchmarks/dev/loglik_threads_loaded.py) 16.6k vs
-25.7k. Equal when quiet, 1.55x when not, and the result does not depend on the thread count.
-(Training keeps whole batches: see fastvae/train.py::train_step for why.)
-
-Called from a thread other than the main one, the BLAS limit cannot be applied (see
-``single_threaded_blas``): run the estimate from the main thread, or limit BLAS yourself
-(``OPENBLAS_NUM_THREADS=1``, as Dask's workers do), to keep these properties.
+- ``Pool``: ``num_threads() - 1`` persistent worker threads plus the calling thread. Work comes in
+  phases (one layer's forward, say) of tiles whose shape does not depend on the thread count.
+  Every thread claims the next tile from a shared atomic counter (fastvae/cpu/_atomic.py), so no
+  tile belongs to a fixed thread: when the OS deschedules one worker, the others take its share,
+  and a phase waits only for tiles already started. OpenBLAS and Numba run on one thread inside.
+- Idle workers spin for at most ``SPIN_READS`` reads of the phase counter (tens of microseconds),
+  then block on a condition variable.
+- Deterministic: each tile is computed by the same calls whichever thread runs it, and reductions
+  over tiles run in a fixed order afterwards, so results are bit for bit the same for 1, 2 or 3
+  threads and whatever the scheduling.
+- ``ordered_map`` (the log-likelihood's row blocks, Dask's per-worker work) runs on the same
+  threads.
 
 Threads: ``num_threads()`` is ``FASTVAE_NUM_THREADS`` if set, else the CPUs this process may run
 on, capped by ``OMP_NUM_THREADS`` if that is set (Dask workers set it to their thread count).
 ``set_num_threads(n)`` overrides both.
 """
-import collections
+import atexit
 import contextlib
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
 
 _override = None
 _pool = None
-_pool_size = 0
 _lock = threading.Lock()
-_blas = None
+_local = threading.local()   # .in_pool: this thread is running a tile of a pool phase
+
+# Reads of the phase counter before an idle worker (or a caller waiting for the last tiles)
+# blocks. One read takes ~10-40 ns, so this is a few tens of microseconds: long enough to catch
+# the next phase of a training step (phases follow each other every 50-500 us), short enough
+# that a worker with nothing to do gives its core away almost at once.
+SPIN_READS = 2000
 
 
 def num_threads():
@@ -54,84 +61,251 @@ def set_num_threads(n):
     _override = n
 
 
-def _executor(n):
-    global _pool, _pool_size
+def pool():
+    """The process's pool, with ``num_threads()`` threads (rebuilt when that changes)."""
+    return _sized_pool(num_threads())
+
+
+def shutdown():
+    """Stop the pool's workers and wait for them (at exit; a later call starts a new pool)."""
+    global _pool
     with _lock:
-        if _pool is None or _pool_size != n:
-            if _pool is not None:
-                _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(n, thread_name_prefix="fastvae")
-            _pool_size = n
-        return _pool
+        if _pool is not None:
+            _pool.close()
+        _pool = None
+
+
+class Phase:
+    """n tiles of work that any thread of the pool may run, each exactly once.
+
+    ``work(counter, n)`` is called by every thread that joins; it claims tiles with
+    ``fetch_add(counter, 0, 1)`` until the index reaches n, marks each one done with
+    ``fetch_add(counter, 1, 1)``, and returns True in the thread that completed the last one
+    (the Numba tile loops of fastvae/cpu/dense.py, or ``python_tiles``).
+    counter (2,) int64: [next unclaimed tile, tiles completed].
+    """
+    __slots__ = ("n", "work", "counter", "error")
+
+    def __init__(self, n, work):
+        self.n, self.work = n, work
+        self.counter = np.zeros(2, dtype=np.int64)
+        self.error = None
+
+    def join(self):
+        """Run tiles until none is left; -> True if this thread completed the last one."""
+        outer = getattr(_local, "in_pool", False)
+        _local.in_pool = True
+        try:
+            return bool(self.work(self.counter, self.n))
+        except BaseException as e:       # noqa: B902 (re-raised by the caller of Pool.run)
+            if self.error is None:
+                self.error = e
+            return self._abandon_unclaimed()
+        finally:
+            _local.in_pool = outer
+
+    def _abandon_unclaimed(self):
+        """After an error: no new tile starts; the unclaimed ones count as done."""
+        from .cpu._atomic import add as fetch_add
+        claimed = fetch_add(self.counter, 0, self.n)
+        unclaimed = max(0, self.n - claimed)
+        return unclaimed > 0 and fetch_add(self.counter, 1, unclaimed) + unclaimed == self.n
+
+    def done(self):
+        from .cpu._atomic import load
+        return load(self.counter, 1) >= self.n
+
+
+def python_tiles(tile):
+    """A Phase ``work`` that calls ``tile(i)`` (Python) for each claimed tile i. A tile that
+    raises still counts as done (so the phase ends), and its error propagates."""
+    from .cpu._atomic import add as fetch_add
+
+    def work(counter, n):
+        last = False
+        while True:
+            i = fetch_add(counter, 0, 1)
+            if i >= n:
+                return last
+            try:
+                tile(i)
+            finally:
+                last = fetch_add(counter, 1, 1) == n - 1
+    return work
+
+
+class Pool:
+    """``size - 1`` worker threads; the thread that calls ``run`` works too."""
+
+    def __init__(self, size):
+        self.size = size
+        self._generation = np.zeros(1, dtype=np.int64)   # bumped for every phase
+        self._current = (0, None)                         # (generation, Phase)
+        self._wake = threading.Condition()
+        self._finished = threading.Condition()
+        self._sleepers = 0
+        self._closed = False
+        self._threads = [threading.Thread(target=self._worker, name=f"fastvae-{i + 1}",
+                                          daemon=True) for i in range(size - 1)]
+        for t in self._threads:
+            t.start()
+
+    def run(self, phase):
+        """Run every tile of ``phase`` on the pool's threads and this one; return when all are
+        done. The first error a tile raised is raised here (after the tiles already started
+        have finished; tiles not started are skipped). Inside a tile (nested), or with one
+        thread, the tiles run on this thread in order."""
+        if self.size == 1 or phase.n <= 1 or getattr(_local, "in_pool", False):
+            phase.join()
+        else:
+            self._publish(phase)
+            phase.join()
+            self._wait(phase)
+        if phase.error is not None:
+            raise phase.error
+
+    def _publish(self, phase):
+        from .cpu._atomic import add as fetch_add
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("the fastvae thread pool was shut down")
+            self._current = (self._current[0] + 1, phase)
+            fetch_add(self._generation, 0, 1)
+            if self._sleepers:
+                self._wake.notify_all()
+
+    def _wait(self, phase):
+        """Wait for tiles other threads still run: a bounded spin, then blocking."""
+        from .cpu._atomic import spin_until_at_least
+        if spin_until_at_least(phase.counter, 1, phase.n, SPIN_READS):
+            return
+        with self._finished:
+            while not phase.done():
+                self._finished.wait(0.005)
+
+    def _worker(self):
+        import numba
+        from .cpu._atomic import spin_while_equal
+        numba.set_num_threads(1)     # thread-local in Numba
+        seen = 0
+        while True:
+            if spin_while_equal(self._generation, 0, seen, SPIN_READS) == seen:
+                with self._wake:
+                    self._sleepers += 1
+                    while self._current[0] == seen and not self._closed:
+                        self._wake.wait()
+                    self._sleepers -= 1
+            if self._closed:
+                return
+            seen, phase = self._current
+            if phase is not None and phase.join():
+                with self._finished:
+                    self._finished.notify_all()
+
+    def close(self):
+        """Stop the workers (after their current tile) and wait for them."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify_all()
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(timeout=5)
+
+    @property
+    def threads(self):
+        return list(self._threads)
+
+
+atexit.register(shutdown)
+
+
+# ---------------------------------------------------------------------------------------------
+# the thread policy of a CPU computation
+# ---------------------------------------------------------------------------------------------
+_blas_users = 0
+_blas_before = None
 
 
 @contextlib.contextmanager
-def single_threaded_blas():
-    """BLAS on one thread (process-wide, restored on exit) via threadpoolctl (~30 us).
-
-    Only from the main thread: OpenBLAS 0.3.31 (NumPy's) ignores openblas_set_num_threads called
-    from other threads (a limit set there was not seen by the main thread or by new threads, and
-    a restore from there left the limit in place), so elsewhere this does nothing. Dask workers
-    run tasks on other threads but start with OPENBLAS_NUM_THREADS=1 from their nanny."""
-    global _blas
-    if threading.current_thread() is not threading.main_thread():
+def cpu_work(device="cpu"):
+    """While the body runs, OpenBLAS and this thread's Numba kernels run on one thread each: the
+    parallelism comes from the pool's tiles. Process-wide for BLAS (counted, so nested and
+    concurrent users restore it once, when the last one leaves); works from any thread."""
+    if device != "cpu":
         yield
         return
-    from threadpoolctl import ThreadpoolController
-    if _blas is None:
-        _blas = ThreadpoolController()
-    with _blas.limit(limits=1, user_api="blas"):
+    import numba
+    numba_before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    _enter_single_threaded_blas()
+    try:
         yield
+    finally:
+        _leave_single_threaded_blas()
+        numba.set_num_threads(numba_before)
 
 
-def _one_core(fn, item):
-    import numba
-    numba.set_num_threads(1)   # thread-local in Numba: this worker's kernels stay on its core
-    return fn(item)
+def _enter_single_threaded_blas():
+    global _blas_users, _blas_before
+    from .cpu._blas import set_blas_threads_local
+    with _lock:
+        _blas_users += 1
+        if _blas_users == 1:
+            _blas_before = set_blas_threads_local(1)
 
 
-def _numba_is_threadsafe():
-    """Numba's 'workqueue' layer aborts the process when two threads launch parallel kernels at
-    once; 'omp' and 'tbb' are safe. Starts Numba's thread pool to find out which one it uses."""
-    import numba
-    from numba.np.ufunc import parallel
-    parallel._launch_threads()
-    return numba.threading_layer() != "workqueue"
+def _leave_single_threaded_blas():
+    global _blas_users
+    from .cpu._blas import set_blas_threads_local
+    with _lock:
+        _blas_users -= 1
+        if _blas_users == 0 and _blas_before is not None:
+            set_blas_threads_local(_blas_before)
+
+
+def single_threaded_blas():
+    """BLAS on one thread while the body runs (process-wide, restored on exit)."""
+    return _single_threaded_blas()
+
+
+@contextlib.contextmanager
+def _single_threaded_blas():
+    _enter_single_threaded_blas()
+    try:
+        yield
+    finally:
+        _leave_single_threaded_blas()
 
 
 def ordered_map(fn, items, device="cpu", n_threads=None):
-    """Yield fn(item) for each item, in order. On the CPU, BLAS runs on one thread and, with more
-    than one thread, the items run on worker threads, at most 2 per thread submitted ahead
-    (memory stays bounded), each with one-thread Numba. On other devices: a plain loop. If fn
-    raises, the items not started are cancelled and the running ones finish before the error
-    propagates.
-    """
-    n = num_threads() if n_threads is None else n_threads
+    """Yield fn(item) for each item, in order. On the CPU, BLAS and Numba run on one thread
+    and the items run on the pool's threads (this one included), in windows of 2 per thread
+    (memory stays bounded). On other devices: a plain loop. If fn raises, the items not started
+    are skipped and the running ones finish before the error propagates."""
     items = iter(items)
     if device != "cpu":
         yield from (fn(item) for item in items)
         return
-    # One-thread BLAS even with one worker: OpenBLAS rounds some small products differently on
-    # 2 threads than on 1, and results must not depend on the thread count.
-    with single_threaded_blas():
-        if n == 1 or not _numba_is_threadsafe():
-            yield from (fn(item) for item in items)
-        else:
-            yield from _on_workers(fn, items, n)
+    workers = pool() if n_threads is None else _sized_pool(n_threads)
+    window = 2 * workers.size
+    with cpu_work(device):
+        while True:
+            batch = [item for _, item in zip(range(window), items)]
+            if not batch:
+                return
+            results = [None] * len(batch)
+
+            def tile(i):
+                results[i] = fn(batch[i])
+            workers.run(Phase(len(batch), python_tiles(tile)))
+            yield from results
 
 
-def _on_workers(fn, items, n):
-    pool, pending = _executor(n), collections.deque()
-    try:
-        for item in items:
-            pending.append(pool.submit(_one_core, fn, item))
-            if len(pending) >= 2 * n:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        for future in pending:
-            future.cancel()
-        for future in pending:
-            if not future.cancelled():
-                future.exception()   # wait; its error (if any) is not the first one
+def _sized_pool(n):
+    global _pool
+    with _lock:
+        if _pool is None or _pool.size != n:
+            if _pool is not None:
+                _pool.close()
+            _pool = Pool(n)
+        return _pool

@@ -33,7 +33,9 @@ def _add_data(p):
 
 def _parser():
     parser = argparse.ArgumentParser(prog="fastvae", description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, help="CPU threads for the kernels")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads for training and evaluation (default: the CPUs this "
+                             "process may use, or FASTVAE_NUM_THREADS)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a VAE and write a checkpoint")
@@ -346,6 +348,16 @@ def cmd_bench(args):
     run_suite(args)
 
 
+def _set_threads(n):
+    """--threads N: the pool that runs training and evaluation (fastvae/_threads.py), and
+    Numba's own setting for the row-parallel kernels of fastvae.ops."""
+    import numba
+
+    from ._threads import set_num_threads
+    set_num_threads(n)   # ValueError (a usage error) unless n is a positive int
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+
+
 def main(argv=None):
     """Run one command; -> its exit code. An expected failure prints one line,
     ``fastvae <command>: error: <message>``, and returns its EXIT_* code; an unexpected exception
@@ -354,9 +366,8 @@ def main(argv=None):
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "figures": cmd_figures,
                 "sample": cmd_sample, "bench": cmd_bench}
     try:
-        if args.threads:
-            import numba
-            numba.set_num_threads(args.threads)
+        if args.threads is not None:
+            _set_threads(args.threads)
         code = commands[args.command](args)
     except BaseException as e:   # noqa: B036 - KeyboardInterrupt too; re-raises what it can't map
         code, message = _failure(e, args)

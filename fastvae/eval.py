@@ -11,8 +11,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import _validate as check
-from ._backend import blas_owns_the_cores, to_host
-from ._threads import ordered_map
+from ._backend import to_host
+from ._threads import cpu_work, ordered_map
 from .data import block_is_clean, raise_first_bad
 from .model import _repeat_rows
 
@@ -129,17 +129,18 @@ def log_likelihood(model, x, K=5000, seed=None, max_pairs=DEFAULT_MAX_PAIRS, pro
     result = np.empty(n_rows, dtype=np.float64)
     starts = range(0, n_rows, rows_per_chunk)
     with tqdm(total=n_rows * K, unit="pair", unit_scale=True, disable=_no_bar(progress),
-              desc=f"log p(x), K={K}") as bar, blas_owns_the_cores(model.device):
+              desc=f"log p(x), K={K}") as bar, cpu_work(model.device):
         def block(r0):
             rows = _log_likelihood_rows(model, x, r0, r0 + rows_per_chunk, K, seed, first_row,
                                         max_pairs, name)
             bar.update(len(rows) * K)
             return r0, rows
-        # Row blocks on worker threads (fastvae/_threads.py); each block is computed exactly as
-        # on one thread, so the result does not depend on the thread count. A single block
-        # (few rows, large K) runs here with BLAS's own threads instead, or one core would idle:
-        # 32 rows at K=100 (one block), 2 cores: 82.0k pairs/s this way, 35.6k on one worker
-        # (benchmarks/dev/threading_ab.py, K=100 BS=32).
+        # Row blocks as tiles of the pool (fastvae/_threads.py), each computed on one thread
+        # (its layers' tiles run inline), so the result does not depend on the thread count. A
+        # single block (few rows, large K) runs here with its layers' tiles on the pool instead,
+        # or one core would idle: 32 rows at K=100 (one block), 2 cores: 82.0k pairs/s with
+        # the threads inside the block, 35.6k on one worker (benchmarks/dev/threading_ab.py,
+        # K=100 BS=32, measured when BLAS still had its own threads).
         blocks = ordered_map(block, starts, model.device) if len(starts) > 1 else [block(0)]
         for r0, rows in blocks:
             result[r0:r0 + len(rows)] = rows
@@ -173,7 +174,7 @@ def elbo(model, x, k=1, seed=None, batch_size=1024):
     seed = model.seed + 2 if seed is None else check.integer("seed", seed, 0, 2 ** 64 - 1)
     batch_size = max(1, check.integer("batch_size", batch_size, 1) // k)
     parts = []
-    with blas_owns_the_cores(model.device):
+    with cpu_work(model.device):
         for r0 in range(0, x.shape[0], batch_size):
             xc = _chunk(model, x, r0, r0 + batch_size)
             parts.append(_elbo_chunk(model, xc, _noise(model, seed, r0, len(xc), k, 0, k)))

@@ -14,7 +14,8 @@ import numpy as np
 
 from . import _backend
 from . import _validate as check
-from ._reference import ACTIVATIONS
+from ._reference import ACTIVATIONS, activation_code
+from ._threads import cpu_work
 from .params import ParamStore
 
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -108,29 +109,45 @@ class VAE:
     # -----------------------------------------------------------------------------------------
     # backward pieces (reverse order)
     # -----------------------------------------------------------------------------------------
-    def _dense_backward(self, dy, name, cache, grads, need_dx=True):
-        dx, _, _ = self.k.dense.dense_backward(dy, cache, need_dx=need_dx,
-                                               dW_out=grads[f"{name}.W"], db_out=grads[f"{name}.b"])
-        return dx
+    def _layer_backward(self, da, name, cache, grads, dx=None, x_act="identity", second=None):
+        """Gradients of layer ``name`` from da = dy * act'(a) (N, O), written into grads; and,
+        if dx (N, I) is given, dx = (da @ W^T) * x_act'(x): the da of the layer before, whose
+        activation x_act produced this layer's input x. second: the logvar head's (da, cache)."""
+        x_in, W = cache[0], cache[1]
+        extra = None
+        if second is not None:
+            (da2, (_, W2, _, _)), head = second, "enc_logvar"
+            extra = (da2, W2, grads[f"{head}.W"], grads[f"{head}.b"])
+        self.k.dense.layer_backward(da, x_in, W, grads[f"{name}.W"], grads[f"{name}.b"], dx,
+                                    activation_code(x_act), extra)
 
     def _decode_backward(self, dout, caches, grads):
-        """dout (M, D) -> dz (M, L); writes the decoder's gradients into grads."""
-        dh = dout
-        for name, cache in reversed(caches):
-            dh = self._dense_backward(dh, name, cache, grads)
-        return dh
+        """dout (M, D) -> dz (M, L); writes the decoder's gradients into grads. dec_out has no
+        activation, so dout is its da; each layer's dx comes out as the da of the one before."""
+        da = dout
+        for i in range(len(caches) - 1, -1, -1):
+            name, cache = caches[i]
+            dx = self.k.xp.empty_like(cache[0])
+            self._layer_backward(da, name, cache, grads, dx,
+                                 caches[i - 1][1][3] if i > 0 else "identity")
+            da = dx
+        return da
 
     def _encode_backward(self, dmu, dlogvar, caches, grads):
-        """dmu, dlogvar (B, L) -> writes the encoder's gradients into grads."""
+        """dmu, dlogvar (B, L) -> writes the encoder's gradients into grads. Both heads read the
+        last hidden layer: one backward over them adds their dx terms."""
         hidden = caches[:-2]
-        dh = self._dense_backward(dmu, "enc_mu", caches[-2][1], grads, need_dx=bool(hidden))
-        dh_logvar = self._dense_backward(dlogvar, "enc_logvar", caches[-1][1], grads,
-                                         need_dx=bool(hidden))
-        if not hidden:
-            return
-        dh += dh_logvar
+        h = caches[-2][1][0]
+        da = self.k.xp.empty_like(h) if hidden else None
+        self._layer_backward(dmu, "enc_mu", caches[-2][1], grads, da,
+                             hidden[-1][1][3] if hidden else "identity",
+                             second=(dlogvar, caches[-1][1]))
         for i in range(len(hidden) - 1, -1, -1):
-            dh = self._dense_backward(dh, hidden[i][0], hidden[i][1], grads, need_dx=i > 0)
+            name, cache = hidden[i]
+            dx = self.k.xp.empty_like(cache[0]) if i > 0 else None
+            self._layer_backward(da, name, cache, grads, dx,
+                                 hidden[i - 1][1][3] if i > 0 else "identity")
+            da = dx
 
     # -----------------------------------------------------------------------------------------
     # one training step's loss and gradients
@@ -195,7 +212,7 @@ class VAE:
         check.choice("objective", objective, OBJECTIVES)
         beta = check.real_scalar("beta", beta, low=0.0)
         grads = self.params.zeros_like()
-        with _backend.blas_owns_the_cores(self.device):
+        with cpu_work(self.device):
             loss = self._loss_and_grads_into(x, eps, grads, objective, beta)
         return loss, {name: _backend.to_host(grads[name]).copy() for name in grads}
 

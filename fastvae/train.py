@@ -25,7 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import _validate as check
-from ._backend import blas_owns_the_cores
+from ._threads import cpu_work
 from .checkpoint import check_room, save
 from .data import binarize as bernoulli_draws
 from .data import check_data
@@ -102,7 +102,7 @@ def fit(model, x, epochs=None, batch_size=128, lr=1e-3, validation_data=None, be
         model.optimizer_state = Adam(model, lr)
     model.optimizer_state.lr = check.real_scalar("lr", lr, low=0.0, low_inclusive=False)
     model.optimizer_state.params_changed()   # the caller may have set parameters since
-    with _signals_stop_training() as received, blas_owns_the_cores(model.device):
+    with _signals_stop_training() as received, cpu_work(model.device):
         loop = _Loop(model, x, val, opts, received)
         loop.checkpoint(first=True)
         try:
@@ -342,19 +342,17 @@ def train_step(model, opt, xb, grads, *, seed, batch_size, k=1, objective="elbo"
     """One training step exactly as ``fit`` runs it (the benchmarks time this function);
     -> the loss (a float).
 
-    The whole batch runs at once, with BLAS's threads. Tried and dropped: one shard of the batch
-    per worker thread (fastvae/_threads.py), one-thread BLAS each, gradients combined before Adam.
-    784-400-20 float32, 2 cores, same run interleaved (benchmarks/dev/threading_ab.py at the
-    parent of bfe28f4), samples/s whole vs
-    sharded: batch 32 7.10k vs 5.16k, 128 13.5k vs 11.8k, 512 17.7k vs 17.9k; with other jobs
-    loading the machine, batch 128: 13.5k vs 10.6k. (The log-likelihood, whose row blocks need no
-    combining, does run on worker threads: fastvae/eval.py.)
+    On the CPU every part of the step runs on fastvae's pool (fastvae/_threads.py): each
+    layer's GEMMs as fixed tiles with their fused epilogues, the fused ELBO by row blocks, the
+    gradient guard and Adam by chunks. (Tried before and dropped: one shard of the batch per
+    worker, gradients combined before Adam: batch 32 7.10k vs 5.16k samples/s whole vs sharded,
+    benchmarks/dev/threading_ab.py at the parent of bfe28f4.)
 
     xb (B, D) on the model's device; grads a ParamStore like model.params (overwritten).
     The noise of step t is Philox(seed) at offset t * batch_size * k * L. Call it inside
-    ``blas_owns_the_cores(model.device)``. Raises TrainingDiverged if the loss or a gradient is
-    NaN/Inf, or if the update would make a parameter NaN/Inf (``Adam.update`` checks before it
-    writes): params, m, v and step are then those of step t.
+    ``fastvae._threads.cpu_work(model.device)``. Raises TrainingDiverged if the loss or a
+    gradient is NaN/Inf, or if the update would make a parameter NaN/Inf (``Adam.update``
+    checks before it writes): params, m, v and step are then those of step t.
     """
     t = opt.step
     shape = (len(xb), k, model.latent_dim)

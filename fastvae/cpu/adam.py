@@ -11,6 +11,8 @@ runs in the parameter dtype (float32: 8 AVX2 lanes), as the reference does.
 import numpy as np
 from numba import prange
 
+from fastvae import _threads
+from fastvae.cpu._atomic import fetch_add
 from fastvae.cpu._numba import jit, jit_math, jit_parallel
 
 # Elements per parallel chunk, and the size from which the chunks run in parallel. 2 threads vs 1,
@@ -92,9 +94,7 @@ def adam_update(param, grad, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e
     """One Adam step, in place on param, m, v (same shape and dtype as grad, C-contiguous; any
     number of dimensions: flat views are updated). step = t >= 1. Returns None."""
     args = _flat_args(param, grad, m, v, step, lr, beta1, beta2, eps)
-    n = args[0].shape[0]
-    kernel = adam_kernel_parallel if n >= PARALLEL_MIN else adam_kernel
-    kernel(*args, n)
+    _run(-(-args[0].shape[0] // CHUNK), adam_tiles, *args, CHUNK)
 
 
 def adam_stays_finite(param, grad, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
@@ -129,8 +129,56 @@ def abs_sum_kernel(a):
 def abs_sum(a):
     """sum |a| over a (any shape, C-contiguous) as a float: NaN/Inf if any element is. The
     gradient guard before an Adam step; as an upper bound of max |a| it also feeds the step's
-    overflow bound (fastvae/optim.py::Adam.update)."""
-    return float(abs_sum_kernel(a.reshape(-1)))
+    overflow bound (fastvae/optim.py::Adam.update). Chunks of CHUNK elements on the pool, their
+    float64 sums added in chunk order (the same bits for any thread count)."""
+    flat = a.reshape(-1)
+    partial = np.empty(-(-flat.shape[0] // CHUNK))
+    _run(partial.shape[0], abs_sum_tiles, flat, partial, CHUNK)
+    return float(_ordered_sum(partial))
+
+
+@jit
+def _ordered_sum(a):
+    acc = 0.0
+    for i in range(a.shape[0]):
+        acc += a[i]
+    return acc
+
+
+# ---------------------------------------------------------------------------------------------
+# pool tiles (fastvae/_threads.py): chunks of CHUNK elements
+# ---------------------------------------------------------------------------------------------
+@jit
+def adam_tiles(counter, n_tiles, param, m, v, grad, lr, beta1, beta2, eps, inv_bc1, inv_bc2,
+               chunk):
+    # as adam_kernel, tile c = elements c * chunk .. (sliced views, as adam_kernel_parallel)
+    n, last = param.shape[0], False
+    while True:
+        c = fetch_add(counter, 0, 1)
+        if c >= n_tiles:
+            return last
+        lo, hi = c * chunk, min(n, (c + 1) * chunk)
+        _adam_span(param[lo:hi], m[lo:hi], v[lo:hi], grad[lo:hi], lr, beta1, beta2, eps,
+                   inv_bc1, inv_bc2)
+        last = fetch_add(counter, 1, 1) == n_tiles - 1
+
+
+@jit
+def abs_sum_tiles(counter, n_tiles, a, partial, chunk):
+    # partial[c] = sum |a[c * chunk ..]| (float64)
+    n, last = a.shape[0], False
+    while True:
+        c = fetch_add(counter, 0, 1)
+        if c >= n_tiles:
+            return last
+        partial[c] = abs_sum_kernel(a[c * chunk:min(n, (c + 1) * chunk)])
+        last = fetch_add(counter, 1, 1) == n_tiles - 1
+
+
+def _run(n_tiles, tile_loop, *args):
+    with _threads.cpu_work():
+        _threads.pool().run(_threads.Phase(n_tiles,
+                                           lambda counter, n: tile_loop(counter, n, *args)))
 
 
 def all_finite(a):

@@ -33,11 +33,22 @@ import numpy as np
 
 from fastvae._reference import activation_code
 
+from fastvae import _threads
+
+from ._atomic import fetch_add
+from ._blas import NO_TRANS, ROW_MAJOR, TRANS, gemm_for
 from ._math import exp_nonpos_like, expm1_nonpos_like, log1p_unit_like
 from ._numba import jit
 
 # Activation codes: the kernels take an int, so there is one compiled signature per dtype.
 IDENTITY, RELU, TANH, SOFTPLUS, SIGMOID = range(5)   # _reference.ACTIVATIONS order
+
+# Tile shapes (rows, columns) of the outputs; they do not depend on the thread count, so neither
+# do the results. ROW_TILE: rows per tile of the elementwise activation-gradient pass.
+FORWARD_TILE = (64, 128)
+BACKWARD_DX_TILE = (64, 128)
+BACKWARD_DW_TILE = (128, 128)
+ROW_TILE = 64
 
 # Threads: both row passes are serial. Each runs between two OpenBLAS calls, and on this 2-core
 # machine a numba prange there fights OpenBLAS's spinning worker threads (and they fight GOMP's
@@ -55,88 +66,201 @@ IDENTITY, RELU, TANH, SOFTPLUS, SIGMOID = range(5)   # _reference.ACTIVATIONS or
 
 
 # ---------------------------------------------------------------------------------------------
-# kernels
+# elementwise epilogues (one row, columns c0..c1-1)
 # ---------------------------------------------------------------------------------------------
 @jit
-def _bias_act_row(y, b, i, act, O):
-    # y (N, O) holds x @ W on entry; row i becomes act(y[i] + b). One loop per activation so the
-    # branch is outside the inner loop (relu/identity vectorize).
+def _bias_act_row(y, b, i, act, c0, c1):
+    # y (N, O) holds x @ W on entry; y[i, c0:c1] becomes act(y[i, c0:c1] + b[c0:c1]). One loop
+    # per activation so the branch is outside the inner loop (relu/identity vectorize).
     if act == IDENTITY:
-        for j in range(O):
+        for j in range(c0, c1):
             y[i, j] = y[i, j] + b[j]
     elif act == RELU:
-        for j in range(O):
+        for j in range(c0, c1):
             a = y[i, j] + b[j]
             y[i, j] = a if not (a <= 0) else 0.0   # NaN stays NaN ("a if a > 0" would give 0)
     elif act == TANH:   # tanh(|a|) = -q / (2 + q), q = expm1(-2|a|): no cancellation near 0
-        for j in range(O):
+        for j in range(c0, c1):
             a = y[i, j] + b[j]
             q = expm1_nonpos_like(-2.0 * abs(a), y)
             t = -q / (2.0 + q)
             y[i, j] = t if a >= 0 else -t
     elif act == SOFTPLUS:   # max(a, 0) + log1p(exp(-|a|)); NaN -> NaN through the log1p term
-        for j in range(O):
+        for j in range(c0, c1):
             a = y[i, j] + b[j]
             y[i, j] = (a if a > 0 else 0.0) + log1p_unit_like(exp_nonpos_like(-abs(a), y), y)
     else:  # SIGMOID: 1 / (1 + e) for a >= 0, e / (1 + e) below, e = exp(-|a|) <= 1 never overflows
-        for j in range(O):
+        for j in range(c0, c1):
             a = y[i, j] + b[j]
             e = exp_nonpos_like(-abs(a), y)
             y[i, j] = (1.0 if a >= 0 else e) / (1.0 + e)   # NaN: e is NaN
 
 
 @jit
-def dense_bias_act_kernel(y, b, act, N, O):
-    # math: fastvae/_reference.py::dense_forward (after the GEMM). y (N, O) in place, b (O,)
-    for i in range(N):
-        _bias_act_row(y, b, i, act, O)
+def _act_grad_row(da, dy, y, i, act, c0, c1):
+    # da[i, j] = dy[i, j] * act'(a[i, j]) for j in c0..c1-1, act' from the output y; da may be
+    # dy itself (in place). Identity: nothing to do unless da is another array.
+    # The multiplications keep a NaN/Inf dy as NaN where act' = 0 (like the reference).
+    if act == IDENTITY:
+        for j in range(c0, c1):
+            da[i, j] = dy[i, j]
+    elif act == RELU:
+        for j in range(c0, c1):
+            da[i, j] = dy[i, j] * (1.0 if y[i, j] > 0 else 0.0)
+    elif act == TANH:
+        for j in range(c0, c1):
+            da[i, j] = dy[i, j] * ((1.0 - y[i, j]) * (1.0 + y[i, j]))   # 1 - y^2, no y*y rounding
+    elif act == SOFTPLUS:
+        for j in range(c0, c1):
+            da[i, j] = dy[i, j] * -expm1_nonpos_like(-y[i, j], y)   # sigmoid(a) = 1 - exp(-y)
+    else:  # SIGMOID
+        for j in range(c0, c1):
+            da[i, j] = dy[i, j] * (y[i, j] * (1.0 - y[i, j]))
 
 
 @jit
-def _act_grad_rows(da, acc, dy, y, act, start, stop, O):
-    # da[i] = dy[i] * act'(a[i]) for rows start..stop-1, act' from y; acc (O,) float64 += da[i].
-    # Identity: da is dy itself and is not written; only the column sums are formed.
-    # The multiplications keep a NaN/Inf dy as NaN where act' = 0 (like the reference).
-    for i in range(start, stop):
-        if act == IDENTITY:
-            for j in range(O):
-                acc[j] += dy[i, j]
-        elif act == RELU:
-            for j in range(O):
-                g = dy[i, j] * (1.0 if y[i, j] > 0 else 0.0)
-                da[i, j] = g
-                acc[j] += g
-        elif act == TANH:
-            for j in range(O):
-                g = dy[i, j] * ((1.0 - y[i, j]) * (1.0 + y[i, j]))   # 1 - y^2, no y*y rounding
-                da[i, j] = g
-                acc[j] += g
-        elif act == SOFTPLUS:
-            for j in range(O):
-                # sigmoid(a) = 1 - exp(-softplus(a))
-                g = dy[i, j] * -expm1_nonpos_like(-y[i, j], y)
-                da[i, j] = g
-                acc[j] += g
-        else:  # SIGMOID
-            for j in range(O):
-                g = dy[i, j] * (y[i, j] * (1.0 - y[i, j]))
-                da[i, j] = g
-                acc[j] += g
+def _column_sums(db, da, c0, c1):
+    # db[c0:c1] = sum over all rows of da[:, c0:c1], rows in order, float64 accumulation
+    acc = np.zeros(c1 - c0, dtype=np.float64)
+    for i in range(da.shape[0]):
+        for j in range(c0, c1):
+            acc[j - c0] += da[i, j]
+    for j in range(c0, c1):
+        db[j] = acc[j - c0]
+
+
+@jit
+def dense_bias_act_kernel(y, b, act, N, O):
+    # math: fastvae/_reference.py::dense_forward (after the GEMM). y (N, O) in place, b (O,)
+    for i in range(N):
+        _bias_act_row(y, b, i, act, 0, O)
 
 
 @jit
 def dense_act_grad_kernel(da, db, dy, y, act, N, O):
     # math: fastvae/_reference.py::dense_backward (da and db). da, dy, y (N, O); db (O,).
-    # float32 inputs: db accumulates in float64 (cheap next to the GEMMs).
-    acc = np.zeros(O, dtype=np.float64)
-    _act_grad_rows(da, acc, dy, y, act, 0, N, O)
-    for j in range(O):
-        db[j] = acc[j]
+    # Identity: da is dy itself and is not written; only the column sums are formed.
+    if act != IDENTITY:
+        for i in range(N):
+            _act_grad_row(da, dy, y, i, act, 0, O)
+        _column_sums(db, da, 0, O)
+    else:
+        _column_sums(db, dy, 0, O)
+
+
+# ---------------------------------------------------------------------------------------------
+# tile loops: each thread of the pool runs one of these per phase (fastvae/_threads.py::Phase)
+# ---------------------------------------------------------------------------------------------
+@jit
+def _at(a, i, j):
+    # address of a[i, j] of a C-contiguous 2-D array (a tile's corner, for BLAS)
+    return a.ctypes.data + (i * a.shape[1] + j) * a.itemsize
+
+
+@jit
+def forward_tiles(counter, n_tiles, gemm, x, W, b, y, act, tile_rows, tile_cols):
+    # y (N, O) = act(x (N, I) @ W (I, O) + b (O,)), tile by tile: tile t covers rows
+    # (t // col_tiles) * tile_rows.. and columns (t % col_tiles) * tile_cols..; one-thread GEMM
+    # into y's tile, then bias + activation while the tile is in cache. -> True if this thread
+    # completed the last tile.
+    N, I = x.shape
+    O = W.shape[1]
+    col_tiles = (O + tile_cols - 1) // tile_cols
+    last = False
+    while True:
+        t = fetch_add(counter, 0, 1)
+        if t >= n_tiles:
+            return last
+        r0, c0 = (t // col_tiles) * tile_rows, (t % col_tiles) * tile_cols
+        r1, c1 = min(N, r0 + tile_rows), min(O, c0 + tile_cols)
+        gemm(ROW_MAJOR, NO_TRANS, NO_TRANS, r1 - r0, c1 - c0, I, 1.0, _at(x, r0, 0), I,
+             _at(W, 0, c0), O, 0.0, _at(y, r0, c0), O)
+        for i in range(r0, r1):
+            _bias_act_row(y, b, i, act, c0, c1)
+        last = fetch_add(counter, 1, 1) == n_tiles - 1
+
+
+@jit
+def act_grad_tiles(counter, n_tiles, da, dy, y, act, tile_rows):
+    # da (N, O) = dy * act'(y), by row blocks
+    N, O = dy.shape
+    last = False
+    while True:
+        t = fetch_add(counter, 0, 1)
+        if t >= n_tiles:
+            return last
+        for i in range(t * tile_rows, min(N, (t + 1) * tile_rows)):
+            _act_grad_row(da, dy, y, i, act, 0, O)
+        last = fetch_add(counter, 1, 1) == n_tiles - 1
+
+
+@jit
+def backward_tiles(counter, n_tiles, gemm, n_dx_tiles, da, x, W, dW, db, da2, W2, dW2, db2,
+                   n_sources, dx, x_act, tile_rows, tile_cols, w_tile_rows, w_tile_cols):
+    # Backward of one dense layer (or of two that read the same input x, n_sources = 2: the
+    # mu and logvar heads), from da (N, O) = dy * act'(a), already formed.
+    # Tiles 0..n_dx_tiles-1: dx (N, I) = da @ W^T (+ da2 @ W2^T) by (tile_rows x tile_cols)
+    #   tiles, then dx *= x_act'(x) in place (the previous layer's activation, whose output x
+    #   is: dx becomes that layer's da); n_dx_tiles = 0: no dx (first layer).
+    # Then per source: dW (I, O) = x^T @ da by (w_tile_rows x w_tile_cols) tiles over the full
+    #   N (no reduction across tiles), and db[cols] = column sums of da, in the tiles of
+    #   dW's first row block. Fixed tiles, fixed order: the same bits for any thread count.
+    N, I = x.shape
+    O, O2 = W.shape[1], W2.shape[1]
+    dx_col_tiles = (I + tile_cols - 1) // tile_cols
+    w_row_tiles = (I + w_tile_rows - 1) // w_tile_rows
+    w_tiles_1 = w_row_tiles * ((O + w_tile_cols - 1) // w_tile_cols)
+    last = False
+    while True:
+        t = fetch_add(counter, 0, 1)
+        if t >= n_tiles:
+            return last
+        if t < n_dx_tiles:
+            r0, c0 = (t // dx_col_tiles) * tile_rows, (t % dx_col_tiles) * tile_cols
+            r1, c1 = min(N, r0 + tile_rows), min(I, c0 + tile_cols)
+            gemm(ROW_MAJOR, NO_TRANS, TRANS, r1 - r0, c1 - c0, O, 1.0, _at(da, r0, 0), O,
+                 _at(W, c0, 0), O, 0.0, _at(dx, r0, c0), I)
+            if n_sources == 2:
+                gemm(ROW_MAJOR, NO_TRANS, TRANS, r1 - r0, c1 - c0, O2, 1.0, _at(da2, r0, 0), O2,
+                     _at(W2, c0, 0), O2, 1.0, _at(dx, r0, c0), I)
+            if x_act != IDENTITY:
+                for i in range(r0, r1):
+                    _act_grad_row(dx, dx, x, i, x_act, c0, c1)
+        else:
+            u = t - n_dx_tiles
+            if u < w_tiles_1:
+                _dw_tile(gemm, u, x, da, dW, db, w_row_tiles, w_tile_rows, w_tile_cols)
+            else:
+                _dw_tile(gemm, u - w_tiles_1, x, da2, dW2, db2, w_row_tiles, w_tile_rows,
+                         w_tile_cols)
+        last = fetch_add(counter, 1, 1) == n_tiles - 1
+
+
+@jit
+def _dw_tile(gemm, u, x, da, dW, db, w_row_tiles, w_tile_rows, w_tile_cols):
+    # tile u of dW (I, O) = x^T @ da (rows of dW = columns of x); db's columns in row block 0
+    N, I = x.shape
+    O = da.shape[1]
+    i0, o0 = (u % w_row_tiles) * w_tile_rows, (u // w_row_tiles) * w_tile_cols
+    i1, o1 = min(I, i0 + w_tile_rows), min(O, o0 + w_tile_cols)
+    gemm(ROW_MAJOR, TRANS, NO_TRANS, i1 - i0, o1 - o0, N, 1.0, _at(x, 0, i0), I,
+         _at(da, 0, o0), O, 0.0, _at(dW, i0, o0), O)
+    if i0 == 0:
+        _column_sums(db, da, o0, o1)
 
 
 # ---------------------------------------------------------------------------------------------
 # launchers
 # ---------------------------------------------------------------------------------------------
+def _tiles(rows, cols, tile):
+    return -(-rows // tile[0]) * -(-cols // tile[1])
+
+
+def _run(n_tiles, tile_loop, *args):
+    """Run ``tile_loop(counter, n_tiles, *args)`` on the pool (fastvae/_threads.py)."""
+    _threads.pool().run(_threads.Phase(n_tiles, lambda counter, n: tile_loop(counter, n, *args)))
+
+
 def dense_forward(x, W, b, activation):
     """``y = act(x @ W + b)``: x (N, I), W (I, O), b (O,) -> y (N, O), a new array.
 
@@ -146,8 +270,9 @@ def dense_forward(x, W, b, activation):
     act = activation_code(activation)
     N, O = x.shape[0], W.shape[1]
     y = np.empty((N, O), dtype=x.dtype)
-    np.matmul(x, W, out=y)   # BLAS sgemm/dgemm straight into y (see the module docstring)
-    dense_bias_act_kernel(y, b, act, N, O)   # serial: see the note on threads above
+    with _threads.cpu_work():
+        _run(_tiles(N, O, FORWARD_TILE), forward_tiles, gemm_for(x.dtype), x, W, b, y, act,
+             *FORWARD_TILE)
     return y, (x, W, y, activation)
 
 
@@ -157,20 +282,36 @@ def dense_backward(dy, cache, need_dx=True, dW_out=None, db_out=None):
     With ``da = dy * act'(a)`` (act' from the cached y): ``dx = da @ W.T``, ``dW = x.T @ da``,
     ``db = sum_n da``. Returns new arrays and overwrites nothing (dy and the cache are only
     read). ``need_dx=False`` skips the dx GEMM (first layer) and returns dx = None.
-    ``dW_out`` (I, O) and ``db_out`` (O,), if given, receive dW and db (the model passes views of
-    its gradient buffer, which saves a copy of every dW per step) and are returned.
+    ``dW_out`` (I, O) and ``db_out`` (O,), if given, receive dW and db and are returned.
     """
     x, W, y, activation = cache
     act = activation_code(activation)
     N, O = dy.shape
-    # identity: da is dy, never written; but Numba types a read-only dy (a JAX array, say) as
-    # unwritable and refuses the kernel's write of the other activations, so that one is copied
-    if act == IDENTITY:
-        da = dy if dy.flags.writeable else dy.copy()
-    else:
-        da = np.empty_like(dy)
-    db = np.empty(O, dtype=dy.dtype) if db_out is None else db_out
-    dense_act_grad_kernel(da, db, dy, y, act, N, O)
-    dW = np.matmul(x.T, da, out=dW_out)     # BLAS with a transposed operand, no copy of x
-    dx = da @ W.T if need_dx else None
+    with _threads.cpu_work():
+        if act == IDENTITY:
+            da = dy     # read only below
+        else:
+            da = np.empty_like(dy)
+            _run(-(-N // ROW_TILE), act_grad_tiles, da, dy, y, act, ROW_TILE)
+        dx = np.empty_like(x) if need_dx else None
+        dW = np.empty_like(W) if dW_out is None else dW_out
+        db = np.empty(O, dtype=dy.dtype) if db_out is None else db_out
+        layer_backward(da, x, W, dW, db, dx, IDENTITY)
     return dx, dW, db
+
+
+def layer_backward(da, x, W, dW, db, dx=None, x_act=IDENTITY, second=None):
+    """The tiled backward of a dense layer from ``da = dy * act'(a)`` (N, O): writes
+    dW = x^T da (I, O) and db = sum_n da (O,), and, if dx (N, I) is given,
+    dx = (da @ W^T) * x_act'(x), the upstream gradient already multiplied by the derivative of
+    the activation that produced x (the previous layer's, as a code of ACTIVATIONS): what that
+    layer's backward takes as its da. second = (da2, W2, dW2, db2): a second layer reading the
+    same x (the encoder's mu and logvar heads), whose dx term is added."""
+    N, I = x.shape
+    da2, W2, dW2, db2 = (da, W, dW, db) if second is None else second
+    n_dx = 0 if dx is None else _tiles(N, I, BACKWARD_DX_TILE)
+    n_w = _tiles(I, W.shape[1], BACKWARD_DW_TILE)
+    n_w += 0 if second is None else _tiles(I, W2.shape[1], BACKWARD_DW_TILE)
+    _run(n_dx + n_w, backward_tiles, gemm_for(x.dtype), n_dx, da, x, W, dW, db, da2, W2, dW2, db2,
+         1 if second is None else 2, dW if dx is None else dx, x_act, *BACKWARD_DX_TILE,
+         *BACKWARD_DW_TILE)

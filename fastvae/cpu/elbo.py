@@ -24,6 +24,8 @@ rounded once to the input dtype; the loss is summed in float64 and returned as a
 import numpy as np
 from numba import prange
 
+from fastvae import _threads
+from fastvae.cpu._atomic import fetch_add
 from fastvae.cpu._numba import jit, jit_parallel
 from fastvae.cpu.kl import KL_PARALLEL_MIN_ELEMENTS, kl_backward, kl_row, kl_row_and_backward
 from fastvae.cpu.loglik import (
@@ -191,6 +193,49 @@ def elbo_gaussian_loss_grads_kernel_parallel(elbo, dmean, ddec_logvar_partial, d
                                  b * n_rows // n_blocks, (b + 1) * n_rows // n_blocks)
 
 
+# Pool tiles (fastvae/_threads.py): Bernoulli by blocks of ROW_TILE rows; Gaussian by the
+# loglik.row_blocks(N) blocks, each with its own partial row, as the serial kernel above runs
+# them: so the pool gives the serial kernel's bits for any thread count.
+ROW_TILE = 32
+
+
+@jit
+def elbo_bernoulli_loss_grads_tiles(counter, n_tiles, elbo, dlogits, dmu, dlogvar, x, logits, mu,
+                                    logvar, g, beta, tile_rows):
+    # as elbo_bernoulli_loss_grads_kernel, tile t = rows t * tile_rows ..
+    last = False
+    while True:
+        t = fetch_add(counter, 0, 1)
+        if t >= n_tiles:
+            return last
+        for n in range(t * tile_rows, min(x.shape[0], (t + 1) * tile_rows)):
+            elbo[n] = elbo_bernoulli_grads_row(dlogits[n], dmu[n], dlogvar[n], x[n], logits[n],
+                                               mu[n], logvar[n], g, beta)
+        last = fetch_add(counter, 1, 1) == n_tiles - 1
+
+
+@jit
+def elbo_gaussian_loss_grads_tiles(counter, n_tiles, elbo, dmean, ddec_logvar_partial, dmu,
+                                   dlogvar, x, mean, mu, logvar, dec_logvar, inv_var, g, beta):
+    # as elbo_gaussian_loss_grads_kernel, tile b = block b of its partial rows
+    n_rows, n_blocks = x.shape[0], ddec_logvar_partial.shape[0]
+    last = False
+    while True:
+        b = fetch_add(counter, 0, 1)
+        if b >= n_tiles:
+            return last
+        elbo_gaussian_grads_rows(elbo, dmean, ddec_logvar_partial[b], dmu, dlogvar, x, mean, mu,
+                                 logvar, dec_logvar, inv_var, g, beta,
+                                 b * n_rows // n_blocks, (b + 1) * n_rows // n_blocks)
+        last = fetch_add(counter, 1, 1) == n_tiles - 1
+
+
+def _run(n_tiles, tile_loop, *args):
+    with _threads.cpu_work():
+        _threads.pool().run(_threads.Phase(n_tiles,
+                                           lambda counter, n: tile_loop(counter, n, *args)))
+
+
 def elbo_loss_and_grads(x, dec_out, mu, logvar, likelihood="bernoulli", dec_logvar=None,
                         beta=1.0):
     """``loss = -mean_n elbo_n`` (a Python float) and its gradients, as ``elbo_backward`` returns
@@ -204,16 +249,12 @@ def elbo_loss_and_grads(x, dec_out, mu, logvar, likelihood="bernoulli", dec_logv
     g, beta = -1.0 / n, float(beta)
     elbo = np.empty(n)   # float64: the loss is summed in float64
     ddec_out, dmu, dlogvar = np.empty_like(dec_out), np.empty_like(mu), np.empty_like(logvar)
-    parallel = _parallel(likelihood, x, mu)
     if likelihood == "bernoulli":
-        kernel = (elbo_bernoulli_loss_grads_kernel_parallel if parallel
-                  else elbo_bernoulli_loss_grads_kernel)
-        kernel(elbo, ddec_out, dmu, dlogvar, x, dec_out, mu, logvar, g, beta)
+        _run(-(-n // ROW_TILE), elbo_bernoulli_loss_grads_tiles, elbo, ddec_out, dmu, dlogvar, x,
+             dec_out, mu, logvar, g, beta, ROW_TILE)
         return -float(elbo.sum()) / n, (ddec_out, dmu, dlogvar)
     partial = np.zeros((row_blocks(n), x.shape[1]))
-    kernel = (elbo_gaussian_loss_grads_kernel_parallel if parallel and partial.shape[0] > 1
-              else elbo_gaussian_loss_grads_kernel)
-    kernel(elbo, ddec_out, partial, dmu, dlogvar, x, dec_out, mu, logvar, dec_logvar,
-           gaussian_inv_var(dec_logvar), g, beta)
+    _run(partial.shape[0], elbo_gaussian_loss_grads_tiles, elbo, ddec_out, partial, dmu, dlogvar,
+         x, dec_out, mu, logvar, dec_logvar, gaussian_inv_var(dec_logvar), g, beta)
     ddec_logvar = (-0.5 * partial.sum(axis=0)).astype(dec_logvar.dtype)
     return -float(elbo.sum()) / n, (ddec_out, dmu, dlogvar, ddec_logvar)

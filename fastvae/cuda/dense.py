@@ -83,3 +83,34 @@ def dense_backward(dy, cache, need_dx=True, dW_out=None, db_out=None):
     dW = xp.matmul(x.T, da, out=dW_out)   # cuBLAS with a transposed operand, no copy of x
     dx = xp.matmul(da, W.T) if need_dx else None
     return dx, dW, db
+
+
+def layer_backward(da, x, W, dW, db, dx=None, x_act=IDENTITY, second=None):
+    """The contract of fastvae/cpu/dense.py::layer_backward, composed from the kernels above:
+    from ``da = dy * act'(a)`` (N, O), writes dW = x^T da, db = sum_n da and, if dx is given,
+    dx = (da @ W^T [+ da2 @ W2^T]) * x_act'(x) (x_act a code of ACTIVATIONS)."""
+    xp = array_module(da)
+    sources = [(da, W, dW, db)] + ([] if second is None else [second])
+    for d, w, dw, b in sources:
+        dense_backward(d, (x, w, d, "identity"), need_dx=False, dW_out=dw, db_out=b)
+    if dx is None:
+        return
+    xp.matmul(da, W.T, out=dx)
+    for d, w, _, _ in sources[1:]:
+        dx += xp.matmul(d, w.T)
+    if x_act != IDENTITY:
+        _act_grad_in_place(dx, x, x_act)
+
+
+def _act_grad_in_place(d, y, act):
+    """d (N, C) *= act'(a), act' from the layer output y (dense_act_grad_kernel, in place)."""
+    xp = array_module(d)
+    N, C = d.shape
+    if not C:
+        return
+    rows_per_block = THREADS_PER_BLOCK // 32
+    R = max(1, min(cdiv(N, rows_per_block), MAX_ROW_BLOCKS, MAX_BLOCKS))
+    partial = xp.empty((R, C), dtype=np.float64)
+    kernel("dense", f"dense_act_grad_kernel_{dtype_suffix(d.dtype)}")(
+        (cdiv(C, 32), R), (32, rows_per_block),
+        (d, partial, d, y, np.int32(act), np.int64(N), np.int32(C)))
