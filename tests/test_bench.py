@@ -1,19 +1,23 @@
 """The benchmark suite (fastvae/bench): architecture bookkeeping, the peers' models against
-fastvae's, the bound arithmetic, and two short end-to-end runs of ``fastvae bench`` (with the
-peers, and with them hidden). No timing assertions."""
+fastvae's, the bound arithmetic, short end-to-end runs of ``fastvae bench`` (with the peers,
+with them hidden, and --under-load), and the under-load process's life cycle. No timing
+assertions."""
 import importlib.util
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
+import types
 
 import numpy as np
 import pytest
 
 from fastvae import cli
 from fastvae.bench import arch as bench_arch
-from fastvae.bench import report, run, workloads
+from fastvae.bench import report, run, timing, workloads
 from fastvae.model import VAE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -164,17 +168,24 @@ def test_fastvae_bench_quick_run_writes_json_table_and_figure(tmp_path, capsys):
         assert expected <= set(row["results"])
         if not merged["gpu"]["available"]:
             assert row["missing"]["fastvae cuda"].startswith("no GPU")
+    assert not any("under_load" in row for _, row in _rows(merged, "train"))   # mode off
     printed = capsys.readouterr().out
     assert "Training step (samples/s)" in printed and "log-likelihood 784-400-20" in printed
+    assert "under load" not in printed
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_missing_peers_are_reported_as_not_installed(tmp_path):
+def _env_without_peers(tmp_path):
+    """os.environ for a run in which every process fails to import torch and jax."""
     hide = tmp_path / "hide"
     hide.mkdir()
-    (hide / "sitecustomize.py").write_text(   # every process of the run: import torch/jax fails
+    (hide / "sitecustomize.py").write_text(
         "import sys\nsys.modules['torch'] = None\nsys.modules['jax'] = None\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(hide), ROOT]))
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(hide), ROOT]))
+
+
+def test_missing_peers_are_reported_as_not_installed(tmp_path):
+    env = _env_without_peers(tmp_path)
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "fastvae.bench", "--quick", "--only", "loglik",
                            "--K", "50", "--threads", "1", "--json", str(out)],
@@ -215,3 +226,135 @@ def test_report_formats_every_section_from_a_synthetic_merge():
     assert "4.00ms ±10%" in text and "5.00ms ±20% 1.25x" in text   # time per call, fv/numpy
     assert "0.67-0.67" in text                                        # 20 / 30 GFLOP/s
     assert "12.5 MB" in text and "not installed" in text and "no GPU" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# --under-load
+# ---------------------------------------------------------------------------------------------
+def _load_running(pid):
+    """True while pid is a live busy-loop load process (not once it has exited: a zombie or a
+    reused pid does not count)."""
+    if not os.path.isdir("/proc"):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"fastvae bench: CPU load" in f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def test_under_load_reports_quiet_loaded_and_kept_per_contender_and_stops_the_load(tmp_path):
+    out = tmp_path / "bench.json"   # peers hidden: fastvae is the only contender (quick)
+    proc = subprocess.run([sys.executable, "-m", "fastvae.bench", "--quick", "--only", "train",
+                           "--batches", "16", "--threads", "1", "--under-load",
+                           "--json", str(out)],
+                          env=_env_without_peers(tmp_path), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    merged = json.loads(out.read_text())
+    assert merged["settings"]["under_load"] is True
+    rows = _rows(merged, "train")
+    assert [row["model"] for _, row in rows] == ["784-400-20", "784-512-256-32"]
+    _check_rate_rows(merged, ("train",))   # the quiet numbers are the usual row
+    pids = []
+    for _, row in rows:
+        ul = row["under_load"]
+        assert set(ul["results"]) == set(row["results"]) == {"fastvae"}
+        for name, r in ul["results"].items():
+            assert r["quiet"] == row["results"][name]["median"]
+            assert len(r["rates"]) == r["n"] == merged["settings"]["repeats"]
+            assert all(v > 0 and math.isfinite(v) for v in r["rates"])
+            assert r["loaded"] == pytest.approx(float(np.median(r["rates"])))
+            assert r["kept"] == pytest.approx(r["loaded"] / r["quiet"])
+            assert r["min_over_median"] == pytest.approx(min(r["rates"]) / r["loaded"])
+            assert 0 < r["min_over_median"] <= 1 and 0 < r["quiet_min_over_median"] <= 1
+        load = ul["load"]
+        assert load["stopped"] in ("terminate", "kill") and load["returncode"] is not None
+        pids.append(load["pid"])
+    assert len(set(pids)) == len(rows)   # one load process per row, each started and stopped
+    assert not any(_load_running(pid) for pid in pids)
+    table = proc.stdout[proc.stdout.index("Training step under load"):]
+    assert "kept" in table and "min/median" in table and table.count("fastvae") >= 2
+
+
+def _fake_ctx():
+    return types.SimpleNamespace(threads=1, s=types.SimpleNamespace(repeats=3, block_s=0.01))
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_an_error_in_the_loaded_blocks_still_stops_the_load(monkeypatch, error):
+    started, start = [], timing.start_cpu_load
+    monkeypatch.setattr(timing, "start_cpu_load", lambda: started.append(start()) or started[-1])
+
+    def fails():
+        assert _load_running(started[0].pid)   # the load runs while the loaded blocks do
+        raise error("a contender failed during the loaded blocks")
+    quiet = {"fastvae": timing.summary([1.0, 2.0, 3.0])}
+    with pytest.raises(error):
+        run._under_load(_fake_ctx(), "train", {"fastvae": (fails, None)}, {"fastvae": 1}, 1,
+                        quiet)
+    [proc] = started
+    assert proc.returncode is not None and not _load_running(proc.pid)
+
+
+def test_the_load_process_ends_by_itself_when_its_parent_dies():
+    code = ("import os, signal\nfrom fastvae.bench import timing\n"
+            "print(timing.start_cpu_load().pid, flush=True)\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n")   # no finally, no clean-up
+    parent = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert parent.returncode == -signal.SIGKILL, parent.stderr[-2000:]
+    pid = int(parent.stdout.split()[0])
+    deadline = time.monotonic() + 60   # a liveness deadline, not a speed check
+    while _load_running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _load_running(pid)
+
+
+def test_under_load_summary_gives_kept_and_min_block_fractions():
+    quiet = {"fastvae": timing.summary([90.0, 100.0, 110.0]),
+             "jax": timing.summary([200.0, 200.0, 200.0])}
+    loaded = {"fastvae": [30.0, 50.0, 60.0], "jax": [190.0, 180.0, 200.0]}
+    out = run.under_load_summary(quiet, loaded, {"pid": 1})
+    fv, jx = out["results"]["fastvae"], out["results"]["jax"]
+    assert out["load"] == {"pid": 1}
+    assert (fv["quiet"], fv["loaded"], jx["quiet"], jx["loaded"]) == (100.0, 50.0, 200.0, 190.0)
+    assert fv["kept"] == pytest.approx(0.5) and jx["kept"] == pytest.approx(0.95)
+    assert fv["min_over_median"] == pytest.approx(0.6)       # 30 / 50
+    assert fv["quiet_min_over_median"] == pytest.approx(0.9)  # 90 / 100
+    assert fv["rates"] == loaded["fastvae"] and fv["n"] == 3
+
+
+def test_report_under_load_section_from_a_synthetic_merge():
+    def row(threads):
+        ul = run.under_load_summary({"fastvae": timing.summary([4000.0, 4000.0])},
+                                    {"fastvae": [1000.0, 3000.0, 3000.0]},
+                                    dict(pid=7, cpu_s=1.0, wall_s=2.0))
+        return dict(workload="train", label="train step 784-400-20", size="batch 32",
+                    kind="rate", unit="samples/s", flops_per_unit=None, bytes_per_unit=None,
+                    results={"fastvae": {"median": 4000.0, "spread": 0.0, "n": 2,
+                                         "rates": [4000.0, 4000.0]}},
+                    missing={}, under_load=ul, bound={}, fraction_of_bound={}, ratios={})
+    runs = [dict(threads=t, rows=[row(t)], probes={"start": {"cpu": {}}, "end": {"cpu": {}}})
+            for t in (1, 2)]
+    merged = dict(runs=runs, threads=[1, 2])
+    lines = report._under_load_lines(merged)
+    assert lines[1].startswith("Training step under load")
+    body = [ln.split() for ln in lines[4:6]]
+    # thr, contender, quiet, loaded, kept, min/median (1000 / 3000 < 0.40: flagged), load CPU
+    assert body[0][-9:] == ["1", "fastvae", "4.00k", "3.00k", "0.75", "0.33", "!", "0.50",
+                            "core"]
+    assert body[1] == ["2", "fastvae", "4.00k", "3.00k", "0.75", "0.33", "!", "0.50", "core"]
+    for r in runs:
+        del r["rows"][0]["under_load"]
+    assert report._under_load_lines(merged) == []
+
+
+def test_under_load_needs_the_train_workload(capsys):
+    assert cli.main(["bench", "--under-load", "--only", "loglik", "--threads", "1"]) == \
+        cli.EXIT_USAGE
+    assert "--under-load measures the train workload" in capsys.readouterr().err

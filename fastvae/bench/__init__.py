@@ -3,6 +3,7 @@ per thread count, one table, one JSON file, one figure.
 
     fastvae bench                                   # threads 1 and 2, all workloads (~8 min)
     fastvae bench --quick --only train,loglik       # shorter blocks, fewer repeats
+    fastvae bench --quick --only train --under-load # training steps quiet and beside a busy loop
     python -m fastvae.bench --threads 1 --json out.json --figure out.png
 
 Peers are optional (``pip install "fastvae[bench]"``); a peer that does not import shows as
@@ -50,6 +51,15 @@ bound is the time of exactly the row's matrix products in NumPy float32 (preallo
 probed at the start and at the end of each run; "of bound" is fastvae's rate over that bound,
 from the end with the lower bound to the end with the higher one. Ratios are fastvae / peer for
 rates and peer / fastvae for seconds and bytes, so > 1 always means fastvae is ahead.
+
+Under load (``--under-load``, train only): after each training-step row's quiet blocks, the same
+blocks (same contenders, order and calls per block) run again while the suite keeps ONE
+CPU-bound process of its own busy (a Python ``while`` loop, started just before and stopped,
+terminate then kill, just after, also on an error or Ctrl-C; it also ends by itself if the
+worker dies). It inherits the worker's core pinning, so it takes a share of the contenders'
+cores: at 2 threads on 2 cores, one other busy process on the machine. The "under load" table
+gives, per contender, the quiet and loaded medians, the share kept (loaded / quiet) and the
+slowest loaded block over the loaded median ("min/median"; the target: no block below 0.40).
 
 Threads: each thread count runs in a fresh ``python -m fastvae.bench --worker`` process that pins
 itself to that many cores (when fewer than available) and sets OMP/OpenBLAS/MKL/Numba thread
@@ -105,6 +115,11 @@ def add_arguments(p):
                    help="training-step batch sizes")
     p.add_argument("--K", dest="Ks", type=_int_list, default=[1000, 5000], metavar="1000,5000",
                    help="importance samples for the log-likelihood rows")
+    p.add_argument("--under-load", dest="under_load", action="store_true",
+                   help="train: time each row's blocks twice, quiet and beside one busy-loop "
+                        "process the suite starts on the worker's cores (stopped right after); "
+                        "adds the 'under load' table: quiet, loaded, kept = loaded/quiet, "
+                        "slowest loaded block / median")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return p
 
@@ -127,6 +142,8 @@ def pin_threads(n):
 def run_suite(args):
     """Run the suite for parsed ``args`` (see add_arguments); returns the merged results dict.
     With ``args.worker``: one thread count in this process (the environment set first)."""
+    if getattr(args, "under_load", False) and "train" not in args.only:
+        raise ValueError("--under-load measures the train workload: add train to --only")
     if args.worker:
         if len(args.bench_threads) != 1:
             raise ValueError("--worker runs exactly one thread count")

@@ -17,6 +17,7 @@ SECTIONS = (
 )
 CPU_PEERS = ("torch", "torch fused", "jax", "numpy")
 GPU_NAMES = ("fastvae cuda", "torch cuda")
+MIN_BLOCK_TARGET = 0.4   # under load: no timed block below this fraction of the median
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,12 +88,18 @@ def _gpu_cell(row, name):
     return cell + ("" if frac is None else f" ({frac['low']:.2f}-{frac['high']:.2f} of bound)")
 
 
-def _section_lines(merged, workload):
-    groups = {}   # (label, size) -> [(threads, row)], first-seen order
+def _row_groups(merged, workload):
+    """{(label, size): [(threads, row)]} for one workload, in first-seen order."""
+    groups = {}
     for run in merged["runs"]:
         for row in run["rows"]:
             if row["workload"] == workload:
                 groups.setdefault((row["label"], row["size"]), []).append((run["threads"], row))
+    return groups
+
+
+def _section_lines(merged, workload):
+    groups = _row_groups(merged, workload)
     if not groups:
         return []
     rows = [row for pairs in groups.values() for _, row in pairs]
@@ -137,6 +144,57 @@ def _section_lines(merged, workload):
     out += [fmt(r) for r in table[1:]]
     notes = sorted({r.get("note") for r in rows if r.get("note")})
     out += [f"  ({n})" for n in notes]
+    return out
+
+
+def _fraction(v):
+    return f"{v:.2f}" if v is not None and math.isfinite(v) else "nan"
+
+
+def _load_share(load):
+    """The busy loop's share of one core over the loaded blocks, e.g. "0.55 core"."""
+    cpu, wall = load.get("cpu_s"), load.get("wall_s")
+    return "" if cpu is None or not wall else f"{cpu / wall:.2f} core"
+
+
+def _under_load_table(merged):
+    """[header, lines...]: one line per training-step row, thread count and contender."""
+    table = [["work", "size", "thr", "contender", "quiet", "loaded", "kept", "min/median",
+              "load CPU"]]
+    for (label, size), pairs in _row_groups(merged, "train").items():
+        first = True
+        for threads, row in pairs:
+            ul = row.get("under_load")
+            if ul is None:
+                continue
+            for i, (name, r) in enumerate(ul["results"].items()):
+                low = r["min_over_median"] is not None and \
+                    r["min_over_median"] < MIN_BLOCK_TARGET
+                table.append([label if first else "", size if first else "",
+                              str(threads) if i == 0 else "", name, fmt_rate(r["quiet"]),
+                              fmt_rate(r["loaded"]), _fraction(r["kept"]),
+                              _fraction(r["min_over_median"]) + (" !" if low else ""),
+                              _load_share(ul["load"]) if i == 0 else ""])
+                first = False
+    return table
+
+
+def _under_load_lines(merged):
+    """The "under load" section (--under-load): per training-step row and contender, the quiet
+    and loaded median samples/s, the share kept (loaded / quiet), the slowest loaded block over
+    the loaded median, and the load process's share of a core. [] when the mode was off."""
+    table = _under_load_table(merged)
+    if len(table) == 1:
+        return []
+    widths = [max(len(r[c]) for r in table) for c in range(len(table[0]))]
+    fmt = lambda r: "  ".join(c.ljust(w) if k in (0, 1, 3) else c.rjust(w)  # noqa: E731
+                              for k, (c, w) in enumerate(zip(r, widths)))
+    out = ["", "Training step under load: the same blocks beside one busy-loop process on the "
+               "worker's cores (samples/s)", fmt(table[0]), "-" * len(fmt(table[0]))]
+    out += [fmt(r).rstrip() for r in table[1:]]
+    out.append(f"  (kept = loaded / quiet median; min/median = slowest loaded block / loaded "
+               f"median, ! below the {MIN_BLOCK_TARGET:.2f} target; load CPU = the busy loop's "
+               f"CPU time / wall time of the loaded blocks)")
     return out
 
 
@@ -190,6 +248,8 @@ def table_lines(merged):
                "one with the lower bound")
     for workload, _ in SECTIONS:
         out += _section_lines(merged, workload)
+        if workload == "train":
+            out += _under_load_lines(merged)
     return out
 
 

@@ -39,6 +39,7 @@ class Settings:
         self.batches = list(args.batches)
         self.Ks = list(args.Ks)
         self.only = list(args.only)
+        self.under_load = bool(getattr(args, "under_load", False))
 
     def as_dict(self):
         return dict(vars(self))
@@ -101,9 +102,13 @@ def _rate_row(workload, label, size, unit, rates, missing, work_per_call, flops_
                 missing=missing, **extra)
 
 
-def _timed(ctx, what, contenders, work, repeats=None, calls=None):
+def _timed(ctx, what, contenders, work, repeats=None, calls=None, plan=None):
+    """Interleaved timed blocks -> {name: [rate per block]}, logged as one line. plan: calls per
+    block from timing.warm_up (None: warm up and calibrate here)."""
     t0 = time.perf_counter()
-    rates = timing.interleaved(contenders, work, repeats or ctx.s.repeats, ctx.s.block_s, calls)
+    if plan is None:
+        plan = timing.warm_up(contenders, ctx.s.block_s, calls)
+    rates = timing.timed_blocks(contenders, plan, work, repeats or ctx.s.repeats)
     medians = ", ".join(f"{n} {report.fmt_rate(float(np.median(r)))}" for n, r in rates.items())
     _log(ctx, f"{what}: {medians} ({time.perf_counter() - t0:.0f} s)")
     return rates
@@ -138,18 +143,59 @@ def _train_contenders(ctx, arch, x, epoch_batch=None):
 
 
 def run_train(ctx):
-    rows = []
     x_all = binary_data(max(ctx.s.batches), CANONICAL.input_dim, seed=0)
-    for arch in (CANONICAL, DEEP):
-        for b in ctx.s.batches:
-            rates = _timed(ctx, f"train {arch.name} batch {b}",
-                           _train_contenders(ctx, arch, x_all[:b]), b)
-            rows.append(_rate_row(
-                "train", f"train step {arch.name}", f"batch {b}", "samples/s", rates,
-                ctx.missing(["torch", "torch fused", "jax", *GPU_CONTENDERS]), b,
-                flops_per_unit=arch.step_flops(b) / b, probe_key=_train_key(arch, b),
-                model=arch.name, batch=b))
-    return rows
+    return [_train_row(ctx, arch, x_all[:b]) for arch in (CANONICAL, DEEP)
+            for b in ctx.s.batches]
+
+
+def _train_row(ctx, arch, x):
+    """One training-step row (samples/s at batch len(x)); with --under-load, its blocks again
+    beside one busy-loop process, in row["under_load"] (see under_load_summary)."""
+    b, what = len(x), f"train {arch.name} batch {len(x)}"
+    contenders = _train_contenders(ctx, arch, x)
+    plan = timing.warm_up(contenders, ctx.s.block_s)
+    rates = _timed(ctx, what, contenders, b, plan=plan)
+    row = _rate_row("train", f"train step {arch.name}", f"batch {b}", "samples/s", rates,
+                    ctx.missing(["torch", "torch fused", "jax", *GPU_CONTENDERS]), b,
+                    flops_per_unit=arch.step_flops(b) / b, probe_key=_train_key(arch, b),
+                    model=arch.name, batch=b)
+    if ctx.s.under_load:
+        row["under_load"] = _under_load(ctx, what, contenders, plan, b, row["results"])
+    return row
+
+
+def _under_load(ctx, what, contenders, plan, work, quiet):
+    """The quiet blocks again (same contenders, order and calls per block, no new warm-up)
+    while timing.cpu_load runs one busy-loop process; the load is stopped even when a
+    contender fails or the run is interrupted."""
+    with timing.cpu_load() as load:
+        rates = _timed(ctx, f"{what} under load (pid {load['pid']})", contenders, work,
+                       plan=plan)
+    return under_load_summary(quiet, rates, load)
+
+
+def under_load_summary(quiet, loaded, load):
+    """{"load": the load process's record (timing.cpu_load), "results": {contender: {quiet,
+    loaded, kept, min_over_median, quiet_min_over_median, spread, n, rates}}}.
+
+    quiet: the row's quiet results (timing.summary per contender); loaded: {contender: [rate
+    per loaded block]}. quiet / loaded: median rates (the row's unit); kept = loaded / quiet;
+    min_over_median: the slowest loaded block over the loaded median (the target: no block
+    below 0.4); quiet_min_over_median: the same for the quiet blocks; spread, n, rates: the
+    loaded blocks' (timing.summary)."""
+    results = {}
+    for name, rates in loaded.items():
+        s, q = timing.summary(rates), quiet[name]
+        results[name] = dict(
+            quiet=q["median"], loaded=s["median"], kept=_ratio(s["median"], q["median"]),
+            min_over_median=_ratio(min(s["rates"]), s["median"]),
+            quiet_min_over_median=_ratio(min(q["rates"]), q["median"]),
+            spread=s["spread"], n=s["n"], rates=s["rates"])
+    return dict(load=load, results=results)
+
+
+def _ratio(a, b):
+    return a / b if b > 0 else float("nan")
 
 
 def run_epoch(ctx):
@@ -476,7 +522,8 @@ def _worker_command(args, threads, json_path):
     cmd = [sys.executable, "-m", "fastvae.bench", "--worker", "--threads", str(threads),
            "--json", json_path, "--only", ",".join(args.only),
            "--batches", ",".join(map(str, args.batches)), "--K", ",".join(map(str, args.Ks))]
-    return cmd + (["--quick"] if args.quick else [])
+    return cmd + (["--quick"] if args.quick else []) + \
+        (["--under-load"] if getattr(args, "under_load", False) else [])
 
 
 def orchestrate(args):

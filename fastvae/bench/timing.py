@@ -8,9 +8,14 @@ first (compilation, caches, allocator), and each timed block starts after a paus
 ``SETTLE_S`` (other libraries' idle threads stop spinning). A rate is work per block / block
 time; a row reports the
 median rate over ``repeats`` blocks and the spread (max - min) / median.
+
+``cpu_load`` runs one busy-loop process beside the contenders (``--under-load``).
 """
+import contextlib
 import math
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -36,8 +41,9 @@ def calibrate(fn, sync, block_s):
 SETTLE_S = 0.15
 
 
-def interleaved(contenders, work_per_call, repeats, block_s, calls=None):
-    """contenders {name: (fn, sync)} -> {name: [rate per block]} (work units per second).
+def warm_up(contenders, block_s, calls=None):
+    """contenders {name: (fn, sync)} -> {name: calls per timed block}, after one untimed
+    warm-up block each.
 
     calls: calls per block for every contender (None: calibrate each to ~block_s); with
     ``calls`` given, the warm-up block is one call (for work that takes seconds per call).
@@ -53,6 +59,12 @@ def interleaved(contenders, work_per_call, repeats, block_s, calls=None):
             fn()
         if sync:
             sync()
+    return plan
+
+
+def timed_blocks(contenders, plan, work_per_call, repeats):
+    """-> {name: [rate per block]}: ``repeats`` rounds of one timed block per contender, in
+    order (A B C A B C ...), ``plan[name]`` calls each, every block after SETTLE_S."""
     rates = {name: [] for name in contenders}
     for _ in range(repeats):
         for name, (fn, sync) in contenders.items():
@@ -88,6 +100,92 @@ def median_seconds(fn, reps, sync=None):
             sync()
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU load (--under-load)
+# ---------------------------------------------------------------------------------------------
+# One plain CPU-bound busy loop in its own interpreter. It says "busy" once it is in the loop,
+# and it ends by itself when its parent goes (the parent's pid is argv[1]; checked every ~10 ms
+# of looping), so even a worker killed with SIGKILL cannot leave it spinning.
+LOAD_CODE = """# fastvae bench: CPU load
+import os, sys
+parent = int(sys.argv[1])
+print("busy", flush=True)
+try:
+    while os.getppid() == parent:
+        for _ in range(200_000):
+            pass
+except KeyboardInterrupt:
+    pass
+"""
+LOAD_STOP_S = 5.0   # grace after terminate() before kill()
+
+
+def start_cpu_load():
+    """Start the busy-loop process and return its Popen once it is spinning. It inherits this
+    process's core affinity, so it competes for the cores the contenders run on."""
+    proc = subprocess.Popen([sys.executable, "-c", LOAD_CODE, str(os.getpid())],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+    try:
+        if proc.stdout.readline().strip() != "busy":
+            raise RuntimeError(f"the CPU load process exited early (code {proc.wait()})")
+    except BaseException:
+        stop_cpu_load(proc)
+        raise
+    return proc
+
+
+def _children_cpu_s():
+    try:
+        import resource
+    except ImportError:   # not POSIX
+        return None
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def stop_cpu_load(proc):
+    """Terminate the load process (kill it if it has not gone after LOAD_STOP_S) and reap it.
+    -> {stopped: "terminate" | "kill" | "exited by itself", returncode, cpu_s} (cpu_s: its CPU
+    seconds, from the children's rusage; None where there is none)."""
+    before, how = _children_cpu_s(), "exited by itself"
+    if proc.poll() is None:
+        proc.terminate()
+        how = "terminate"
+        try:
+            proc.wait(LOAD_STOP_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            how = "kill"
+            proc.wait()
+    proc.stdout.close()
+    after = _children_cpu_s()
+    return dict(stopped=how, returncode=proc.returncode,
+                cpu_s=None if before is None else after - before)
+
+
+@contextlib.contextmanager
+def cpu_load():
+    """``with cpu_load() as load:`` one busy-loop process runs for the block, and is stopped on
+    the way out whatever happens (exception, KeyboardInterrupt). ``load`` is a dict: pid and
+    affinity (its cores, None where unknown) at once; wall_s, stopped, returncode and cpu_s
+    once the block has ended (cpu_s / wall_s: the share of one core it got)."""
+    proc = start_cpu_load()
+    t0 = time.perf_counter()
+    load = dict(pid=proc.pid, affinity=_affinity(proc.pid))
+    try:
+        yield load
+    finally:
+        load["wall_s"] = time.perf_counter() - t0
+        load.update(stop_cpu_load(proc))
+
+
+def _affinity(pid):
+    try:
+        return sorted(os.sched_getaffinity(pid))
+    except (AttributeError, OSError):
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
