@@ -46,7 +46,8 @@ def test_adam(benchmark, p):
 def test_parallel_vs_serial(benchmark, p):
     param, grad, m, v = make_case(p, seed=1)
     f = np.float32
-    scalars = (f(LR), (f(B1), f(1 - B1)), (f(B2), f(1 - B2)), f(EPS), f(1.0), f(1.0), p)
+    scalars = (f(LR), (f(B1), f(1 - B1)), (f(B2), f(1 - B2)), f(EPS), f(1.0), f(1.0),
+               np.finfo(f).tiny, p)
     common.run_pair(benchmark, lambda: adam.adam_kernel_parallel(param, m, v, grad, *scalars),
                     lambda: adam.adam_kernel(param, m, v, grad, *scalars),
                     op="adam prange vs serial", size=(p,), dtype=np.float32, nbytes=4 * 7 * p)

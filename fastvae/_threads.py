@@ -48,9 +48,20 @@ def num_threads():
     env = os.environ.get("FASTVAE_NUM_THREADS")
     if env:
         return max(1, int(env))
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = _cpus()
     omp = os.environ.get("OMP_NUM_THREADS", "")
-    return max(1, min(cpus or 1, int(omp) if omp.isdigit() and int(omp) > 0 else cpus or 1))
+    return max(1, min(cpus, int(omp) if omp.isdigit() and int(omp) > 0 else cpus))
+
+
+def _cpus():
+    """The CPUs this process may run on, read once (a system call: ~3 us on every phase)."""
+    if not _cpu_count:
+        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        _cpu_count.append(n or 1)
+    return _cpu_count[0]
+
+
+_cpu_count = []
 
 
 def set_num_threads(n):
@@ -112,8 +123,8 @@ class Phase:
         return unclaimed > 0 and fetch_add(self.counter, 1, unclaimed) + unclaimed == self.n
 
     def done(self):
-        from .cpu._atomic import load
-        return load(self.counter, 1) >= self.n
+        from .cpu._atomic import read
+        return read(self.counter, 1) >= self.n
 
 
 def python_tiles(tile):
@@ -143,7 +154,8 @@ class Pool:
         self._current = (0, None)                         # (generation, Phase)
         self._wake = threading.Condition()
         self._finished = threading.Condition()
-        self._sleepers = 0
+        self._sleepers = 0    # workers blocked on _wake
+        self._waiting = 0     # callers blocked on _finished
         self._closed = False
         self._threads = [threading.Thread(target=self._worker, name=f"fastvae-{i + 1}",
                                           daemon=True) for i in range(size - 1)]
@@ -180,8 +192,12 @@ class Pool:
         if spin_until_at_least(phase.counter, 1, phase.n, SPIN_READS):
             return
         with self._finished:
-            while not phase.done():
-                self._finished.wait(0.005)
+            self._waiting += 1
+            try:
+                while not phase.done():
+                    self._finished.wait(0.005)
+            finally:
+                self._waiting -= 1
 
     def _worker(self):
         import numba
@@ -198,7 +214,7 @@ class Pool:
             if self._closed:
                 return
             seen, phase = self._current
-            if phase is not None and phase.join():
+            if phase is not None and phase.join() and self._waiting:
                 with self._finished:
                     self._finished.notify_all()
 
@@ -210,6 +226,10 @@ class Pool:
         for t in self._threads:
             if t is not threading.current_thread():
                 t.join(timeout=5)
+
+    @property
+    def closed(self):
+        return self._closed
 
     @property
     def threads(self):
@@ -224,31 +244,45 @@ atexit.register(shutdown)
 # ---------------------------------------------------------------------------------------------
 _blas_users = 0
 _blas_before = None
+_blas_lock = threading.Lock()
 
 
-@contextlib.contextmanager
-def cpu_work(device="cpu"):
-    """While the body runs, OpenBLAS and this thread's Numba kernels run on one thread each: the
-    parallelism comes from the pool's tiles. Process-wide for BLAS (counted, so nested and
-    concurrent users restore it once, when the last one leaves); works from any thread."""
-    if device != "cpu":
-        yield
-        return
-    import numba
-    numba_before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    _enter_single_threaded_blas()
-    try:
-        yield
-    finally:
+class cpu_work:
+    """``with cpu_work(device):`` while the body runs, OpenBLAS and this thread's Numba kernels
+    run on one thread each: the parallelism comes from the pool's tiles. Process-wide for BLAS
+    (counted, so nested and concurrent users restore it once, when the last one leaves); works
+    from any thread. Nested on one thread it costs ~1 us (the outermost one ~15 us); every
+    launcher of a tiled kernel enters it, so that a direct call of an op keeps the rule too."""
+    __slots__ = ("device", "numba_before")
+
+    def __init__(self, device="cpu"):
+        self.device = device
+
+    def __enter__(self):
+        depth = getattr(_local, "cpu_work_depth", 0)
+        _local.cpu_work_depth = depth + 1
+        if depth or self.device != "cpu":
+            return self
+        import numba
+        self.numba_before = numba.get_num_threads()
+        numba.set_num_threads(1)
+        _enter_single_threaded_blas()
+        return self
+
+    def __exit__(self, *exc):
+        _local.cpu_work_depth -= 1
+        if _local.cpu_work_depth or self.device != "cpu":
+            return
+        import numba
+        _local.pool = None
         _leave_single_threaded_blas()
-        numba.set_num_threads(numba_before)
+        numba.set_num_threads(self.numba_before)
 
 
 def _enter_single_threaded_blas():
     global _blas_users, _blas_before
     from .cpu._blas import set_blas_threads_local
-    with _lock:
+    with _blas_lock:
         _blas_users += 1
         if _blas_users == 1:
             _blas_before = set_blas_threads_local(1)
@@ -257,10 +291,21 @@ def _enter_single_threaded_blas():
 def _leave_single_threaded_blas():
     global _blas_users
     from .cpu._blas import set_blas_threads_local
-    with _lock:
+    with _blas_lock:
         _blas_users -= 1
         if _blas_users == 0 and _blas_before is not None:
             set_blas_threads_local(_blas_before)
+
+
+def current_pool():
+    """The pool for a phase: inside ``cpu_work``, the one its first phase found (saves reading
+    the settings on every phase), else ``pool()``."""
+    found = getattr(_local, "pool", None)
+    if found is None or found.closed:
+        found = pool()
+        if getattr(_local, "cpu_work_depth", 0):
+            _local.pool = found
+    return found
 
 
 def single_threaded_blas():
@@ -303,8 +348,11 @@ def ordered_map(fn, items, device="cpu", n_threads=None):
 
 def _sized_pool(n):
     global _pool
+    current = _pool
+    if current is not None and current.size == n and not current.closed:
+        return current
     with _lock:
-        if _pool is None or _pool.size != n:
+        if _pool is None or _pool.size != n or _pool.closed:
             if _pool is not None:
                 _pool.close()
             _pool = Pool(n)

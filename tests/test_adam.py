@@ -204,3 +204,30 @@ def test_ordinary_steps_skip_the_exact_check(monkeypatch):
     model = VAE(13, (7,), 3, seed=2)
     model.fit(x, epochs=3, batch_size=8, lr=1e-2, progress=False)
     assert model.optimizer_state.step == 24 and calls == []
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_subnormal_moments_are_flushed_to_zero(dtype):
+    # m decays as b1^t where the gradient is 0: kept subnormal, every later step ran 48x slower
+    # (31.7 ms against 0.66 ms at 652,824 float32 with a third subnormal). Flushed moments
+    # change the parameter by less than lr * tiny / eps; NaN still propagates.
+    rng = np.random.default_rng(8)
+    n, tiny = 1001, np.finfo(dtype).tiny
+    param = rng.uniform(-2, 2, n).astype(dtype)
+    grad = rng.uniform(-1, 1, n).astype(dtype)
+    m = rng.uniform(-1e-3, 1e-3, n).astype(dtype)
+    v = rng.uniform(1e-7, 1e-5, n).astype(dtype)
+    grad[::3], m[::3], v[::3] = 0, tiny * 0.6, tiny * 0.3   # subnormal moments, no gradient
+    m[1::7] = tiny * 1.05                                    # decays below tiny this step
+    grad[1::7] = 0
+    want = ref.adam_update(param.astype(np.float64), grad.astype(np.float64),
+                           m.astype(np.float64), v.astype(np.float64), 4)
+    adam.adam_update(param, grad, m, v, 4)
+    flushed = np.zeros(n, bool)
+    flushed[::3] = flushed[1::7] = True
+    assert (m[flushed] == 0).all() and (v[::3] == 0).all()
+    assert (np.abs(m[~flushed]) >= tiny).all()
+    assert_close3(param, want[0].astype(dtype), want[0], name="param")
+    grad[5] = np.nan
+    adam.adam_update(param, grad, m, v, 5)
+    assert np.isnan(m[5]) and np.isnan(v[5]) and np.isnan(param[5])

@@ -4,6 +4,7 @@ The worker pool (fastvae/_threads.py) hands out tiles through a shared counter: 
 claims the next tile index with ``fetch_add(counter, 0, 1)``, so no tile belongs to a fixed thread
 and a thread the OS deschedules only delays the tile it holds.
 """
+import numba
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
@@ -31,10 +32,24 @@ def fetch_add(typingctx, array, index, value):
     return sig, codegen
 
 
-@jit
-def load(array, index):
-    # atomic read of array[index] (an add of 0: the compiler may not hoist it out of a loop)
-    return fetch_add(array, index, 0)
+@intrinsic
+def load(typingctx, array, index):
+    """``array[index]`` as an atomic (acquire) read: the compiler may not hoist it out of a
+    spin loop, and unlike an atomic add it does not take the cache line away from the threads
+    that write it."""
+    if not (isinstance(array, types.Array) and array.dtype == types.int64):
+        return None
+    sig = types.int64(array, index)
+
+    def codegen(context, builder, signature, args):
+        array_value, index_value = args
+        array_type, index_type = signature.args
+        ary = context.make_array(array_type)(context, builder, array_value)
+        index_value = context.cast(builder, index_value, index_type, types.intp)
+        ptr = cgutils.get_item_pointer(context, builder, array_type, ary, [index_value])
+        return builder.load_atomic(ptr, "acquire", 8)
+
+    return sig, codegen
 
 
 @jit
@@ -56,7 +71,15 @@ def spin_until_at_least(array, index, target, spins):
     return False
 
 
-@jit
+@numba.njit(cache=True)
 def add(array, index, value):
-    # fetch_add, callable from Python (an intrinsic is not)
+    # fetch_add, callable from Python (an intrinsic is not). It keeps the GIL: released here,
+    # a worker that had just seen a new phase took the GIL for its Python prologue and the
+    # caller waited for it before starting its own tiles.
     return fetch_add(array, index, value)
+
+
+@numba.njit(cache=True)
+def read(array, index):
+    # load, callable from Python
+    return load(array, index)

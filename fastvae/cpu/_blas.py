@@ -34,7 +34,7 @@ def gemm_for(dtype):
     global _gemms
     if _gemms is None:
         _gemms = _find_gemms()
-    return _gemms[np.dtype(dtype).name]
+    return _gemms[dtype]   # keyed by the dtype objects (np.dtype.name costs ~18 us)
 
 
 def _signature(c_int, c_float):
@@ -62,9 +62,10 @@ def _find_gemms():
                 d = getattr(lib, f"{prefix}dgemm{suffix}")
             except AttributeError:
                 continue
-            address = ctypes.cast
-            return {"float32": _signature(c_int, ctypes.c_float)(address(s, ctypes.c_void_p).value),
-                    "float64": _signature(c_int, ctypes.c_double)(address(d, ctypes.c_void_p).value)}
+            single = _signature(c_int, ctypes.c_float)(ctypes.cast(s, ctypes.c_void_p).value)
+            double = _signature(c_int, ctypes.c_double)(ctypes.cast(d, ctypes.c_void_p).value)
+            return {np.dtype(np.float32): single, np.float32: single,
+                    np.dtype(np.float64): double, np.float64: double}
     raise RuntimeError("fastvae needs a BLAS with cblas_sgemm/cblas_dgemm (NumPy's OpenBLAS or "
                        "SciPy's); none was found")
 

@@ -258,7 +258,7 @@ def _tiles(rows, cols, tile):
 
 def _run(n_tiles, tile_loop, *args):
     """Run ``tile_loop(counter, n_tiles, *args)`` on the pool (fastvae/_threads.py)."""
-    _threads.pool().run(_threads.Phase(n_tiles, lambda counter, n: tile_loop(counter, n, *args)))
+    _threads.current_pool().run(_threads.Phase(n_tiles, lambda counter, n: tile_loop(counter, n, *args)))
 
 
 def dense_forward(x, W, b, activation):

@@ -232,7 +232,7 @@ def elbo_gaussian_loss_grads_tiles(counter, n_tiles, elbo, dmean, ddec_logvar_pa
 
 def _run(n_tiles, tile_loop, *args):
     with _threads.cpu_work():
-        _threads.pool().run(_threads.Phase(n_tiles,
+        _threads.current_pool().run(_threads.Phase(n_tiles,
                                            lambda counter, n: tile_loop(counter, n, *args)))
 
 
