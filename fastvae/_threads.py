@@ -10,8 +10,8 @@ partner: with one other CPU-bound process on 2 cores a training step kept 26-40%
   Every thread claims the next tile from a shared atomic counter (fastvae/cpu/_atomic.py), so no
   tile belongs to a fixed thread: when the OS deschedules one worker, the others take its share,
   and a phase waits only for tiles already started. OpenBLAS and Numba run on one thread inside.
-- Idle workers spin for at most ``SPIN_READS`` reads of the phase counter (tens of microseconds),
-  then block on a condition variable.
+- Idle workers spin for at most ``SPIN_SECONDS`` (100 us) reading the phase counter, then block
+  on a condition variable.
 - Deterministic: each tile is computed by the same calls whichever thread runs it, and reductions
   over tiles run in a fixed order afterwards, so results are bit for bit the same for 1, 2 or 3
   threads and whatever the scheduling.
@@ -34,11 +34,32 @@ _pool = None
 _lock = threading.Lock()
 _local = threading.local()   # .in_pool: this thread is running a tile of a pool phase
 
-# Reads of the phase counter before an idle worker (or a caller waiting for the last tiles)
-# blocks. One read takes ~10-40 ns, so this is a few tens of microseconds: long enough to catch
-# the next phase of a training step (phases follow each other every 50-500 us), short enough
-# that a worker with nothing to do gives its core away almost at once.
-SPIN_READS = 2000
+# How long an idle worker (or a caller waiting for the last tiles) spins, reading the phase
+# counter, before it blocks. A training step's phases follow each other 20-100 us apart (the
+# caller's Python between them); a worker that had gone to sleep started its share 40-70 us late
+# (futex wake-up and the GIL), when a tile takes 30-300 us (784-400-20, batch 32; traced with a
+# wrapper that time-stamped each thread's share of each phase). Long enough to catch the next
+# phase, short enough that a worker with nothing to do gives its core away almost at once.
+SPIN_SECONDS = 100e-6
+_spin_reads = []
+
+
+def spin_reads():
+    """Reads of an atomic counter that take about SPIN_SECONDS here (measured once)."""
+    if not _spin_reads:
+        import time
+
+        from .cpu._atomic import spin_while_equal
+        probe = np.zeros(1, dtype=np.int64)
+        spin_while_equal(probe, 0, 0, 1000)        # compiled / loaded from the cache
+        reads, took = 1 << 14, 0.0
+        while took < 2e-3 and reads < 1 << 30:
+            reads *= 2
+            start = time.perf_counter()
+            spin_while_equal(probe, 0, 0, reads)
+            took = time.perf_counter() - start
+        _spin_reads.append(max(1000, int(reads * SPIN_SECONDS / took)))
+    return _spin_reads[0]
 
 
 def num_threads():
@@ -157,6 +178,7 @@ class Pool:
         self._sleepers = 0    # workers blocked on _wake
         self._waiting = 0     # callers blocked on _finished
         self._closed = False
+        self._spins = spin_reads()
         self._threads = [threading.Thread(target=self._worker, name=f"fastvae-{i + 1}",
                                           daemon=True) for i in range(size - 1)]
         for t in self._threads:
@@ -189,7 +211,7 @@ class Pool:
     def _wait(self, phase):
         """Wait for tiles other threads still run: a bounded spin, then blocking."""
         from .cpu._atomic import spin_until_at_least
-        if spin_until_at_least(phase.counter, 1, phase.n, SPIN_READS):
+        if spin_until_at_least(phase.counter, 1, phase.n, self._spins):
             return
         with self._finished:
             self._waiting += 1
@@ -205,7 +227,7 @@ class Pool:
         numba.set_num_threads(1)     # thread-local in Numba
         seen = 0
         while True:
-            if spin_while_equal(self._generation, 0, seen, SPIN_READS) == seen:
+            if spin_while_equal(self._generation, 0, seen, self._spins) == seen:
                 with self._wake:
                     self._sleepers += 1
                     while self._current[0] == seen and not self._closed:

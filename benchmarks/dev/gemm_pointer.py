@@ -33,7 +33,7 @@ def sp_fort(x, W, y):
                fl[1:].ctypes.data, y.ctypes.data, ints[5:].ctypes.data)
 rng = np.random.default_rng(0)
 with threadpool_limits(1, 'blas'):
-  for (M,K,N) in [(32,784,400),(128,784,400),(32,784,128),(128,400,784),(32,400,128),(8,400,784),(128,400,20),(512,784,400)]:
+  for (M,K,N) in [(4000,20,400),(128,20,400),(32,784,400),(128,784,400),(32,784,128),(128,400,784),(32,400,128),(8,400,784),(128,400,20),(512,784,400)]:
     x = rng.standard_normal((M,K)).astype(np.float32); W = rng.standard_normal((K,N)).astype(np.float32)
     y0 = x@W
     for name, fn in [('numpy', lambda: np.matmul(x, W, out=y)), ('np_cblas', lambda: np_cblas(x, W, y)), ('scipy', lambda: sp_fort(x, W, y))]:

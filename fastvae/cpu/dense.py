@@ -1,10 +1,17 @@
-"""Fused dense layer on the CPU: ``y = act(x @ W + b)`` and its backward.
+"""Fused dense layer on the CPU: ``y = act(x @ W + b)`` and its backward, as tiles of the pool.
 
-Forward: one BLAS GEMM written straight into the output array, then ONE in-place pass over it that
-adds the bias and applies the activation (``dense_bias_act_kernel``).
-Backward: ONE pass over ``dy`` that forms ``da = dy * act'(a)`` and the bias gradient
-``db = sum_n da`` together (``dense_act_grad_kernel``), then the two GEMMs
-``dx = da @ W.T`` and ``dW = x.T @ da``.
+Every GEMM is cut into tiles of the output whose shape does not depend on the thread count
+(``FORWARD_TILE`` etc.). The threads of fastvae's pool (fastvae/_threads.py) claim tiles from a
+shared counter; each tile is one one-thread ``cblas_?gemm`` call on sub-blocks of the arrays
+(fastvae/cpu/_blas.py), then its elementwise epilogue while the tile is still in cache:
+
+- forward (``forward_tiles``): y's tile = x's rows @ W's columns, then bias + activation.
+- backward (``layer_backward`` / ``backward_tiles``), from ``da = dy * act'(a)``: dx's tiles
+  ``da @ W^T`` times the derivative of the activation that produced x (so dx leaves as the
+  previous layer's da: one pass fewer per layer), and dW's tiles ``x^T @ da`` over the whole
+  batch, with ``db = sum_n da`` for their columns. No tile reduces into another's output, so the
+  bits do not depend on which thread ran what.
+- ``dense_backward`` (the op of fastvae.ops) first forms da in row blocks (``act_grad_tiles``).
 
 The pre-activation ``a`` is not stored: ``act'(a)`` is recomputed from the output ``y``:
 relu ``[y > 0]``, tanh ``1 - y^2``, sigmoid ``y (1 - y)``, softplus ``sigmoid(a) = -expm1(-y)``
@@ -13,27 +20,22 @@ relu ``[y > 0]``, tanh ``1 - y^2``, sigmoid ``y (1 - y)``, softplus ``sigmoid(a)
 Shapes: x (N, I), W (I, O), b (O,), y (N, O). Inputs arrive validated (fastvae/ops.py):
 C-contiguous, one floating dtype (float32 or float64).
 
-GEMM: BLAS, called from the launcher as ``np.matmul(x, W, out=y)`` (no extra allocation).
-float32 GFLOP/s, 1 thread (OpenBLAS and numba), thread CPU time, benchmarks/dev/dense_variants.py:
+Before the pool (kept for the record): one ``np.matmul(x, W, out=y)`` per GEMM with OpenBLAS's
+threads. float32 GFLOP/s, 1 thread, thread CPU time, benchmarks/dev/dense_variants.py:
 
     N x I x O       numpy @   matmul(out=)   numba np.dot(out) in njit   numba loop (i-k-j)
     32x784x400       33.7        34.9              23.4                        12.9
     128x784x400      36.6        36.8              32.0                        13.0
     512x784x400      36.9        36.9              36.3                        13.1
-    32x400x20        23.8        24.0              20.9                         7.3
-    128x400x20       28.9        30.1              27.9                         7.6
-    512x400x20       30.5        30.3              30.9                         7.7
-    128x20x400       29.3        29.7              29.6                        12.3
     128x400x784      36.8        36.6              33.8                        12.8
 
-The hand-written loop is 2.8-4x slower than BLAS; numba's np.dot (scipy's OpenBLAS, called from
-inside njit) ties at batch 512 and loses up to 30% at batch 32, so NumPy's matmul it is.
+The hand-written loop is 2.8-4x slower than BLAS, and numba's np.dot (SciPy's OpenBLAS) loses up
+to 30% at batch 32: hence NumPy's own OpenBLAS, now called per tile from inside Numba.
 """
 import numpy as np
 
-from fastvae._reference import activation_code
-
 from fastvae import _threads
+from fastvae._reference import activation_code
 
 from ._atomic import fetch_add
 from ._blas import NO_TRANS, ROW_MAJOR, TRANS, gemm_for
@@ -45,10 +47,19 @@ IDENTITY, RELU, TANH, SOFTPLUS, SIGMOID = range(5)   # _reference.ACTIVATIONS or
 
 # Tile shapes (rows, columns) of the outputs; they do not depend on the thread count, so neither
 # do the results. ROW_TILE: rows per tile of the elementwise activation-gradient pass.
+# Above LARGE_ROWS rows (the log-likelihood's 4096-pair decoder chunks, many-sample training)
+# the forward and dx tiles are LARGE_TILE: float32 GFLOP/s on one thread, 4000x400x784,
+# same run: whole matmul 100, tiles 64x128 71, 128x256 75, 256x512 73, 256x784 81; 4000x20x400:
+# 48, 40, 46, 49, 49 (benchmarks/dev/tile_shapes.py; the shapes depend on the rows only).
 FORWARD_TILE = (64, 128)
 BACKWARD_DX_TILE = (64, 128)
 BACKWARD_DW_TILE = (128, 128)
+LARGE_ROWS, LARGE_TILE = 1024, (256, 784)
 ROW_TILE = 64
+
+
+def _rows_tile(n_rows, tile):
+    return LARGE_TILE if n_rows > LARGE_ROWS else tile
 
 # Threads: both row passes are serial. Each runs between two OpenBLAS calls, and on this 2-core
 # machine a numba prange there fights OpenBLAS's spinning worker threads (and they fight GOMP's
@@ -70,63 +81,72 @@ ROW_TILE = 64
 # ---------------------------------------------------------------------------------------------
 @jit
 def _bias_act_row(y, b, i, act, c0, c1):
-    # y (N, O) holds x @ W on entry; y[i, c0:c1] becomes act(y[i, c0:c1] + b[c0:c1]). One loop
-    # per activation so the branch is outside the inner loop (relu/identity vectorize).
+    # y[i, c0:c1] holds x @ W on entry and becomes act(y[i, c0:c1] + b[c0:c1]). The loops run
+    # over views from index 0: indexing y[i, j] with j from a runtime c0 kept Numba's negative-
+    # index check in the loop and LLVM from vectorizing it (a 4000x400 relu epilogue took 3 ms
+    # against 0.45 ms). One loop per activation: the branch stays outside the inner loop.
+    yr, br = y[i, c0:c1], b[c0:c1]
+    n = yr.shape[0]
     if act == IDENTITY:
-        for j in range(c0, c1):
-            y[i, j] = y[i, j] + b[j]
+        for j in range(n):
+            yr[j] = yr[j] + br[j]
     elif act == RELU:
-        for j in range(c0, c1):
-            a = y[i, j] + b[j]
-            y[i, j] = a if not (a <= 0) else 0.0   # NaN stays NaN ("a if a > 0" would give 0)
+        for j in range(n):
+            a = yr[j] + br[j]
+            yr[j] = a if not (a <= 0) else 0.0   # NaN stays NaN ("a if a > 0" would give 0)
     elif act == TANH:   # tanh(|a|) = -q / (2 + q), q = expm1(-2|a|): no cancellation near 0
-        for j in range(c0, c1):
-            a = y[i, j] + b[j]
+        for j in range(n):
+            a = yr[j] + br[j]
             q = expm1_nonpos_like(-2.0 * abs(a), y)
             t = -q / (2.0 + q)
-            y[i, j] = t if a >= 0 else -t
+            yr[j] = t if a >= 0 else -t
     elif act == SOFTPLUS:   # max(a, 0) + log1p(exp(-|a|)); NaN -> NaN through the log1p term
-        for j in range(c0, c1):
-            a = y[i, j] + b[j]
-            y[i, j] = (a if a > 0 else 0.0) + log1p_unit_like(exp_nonpos_like(-abs(a), y), y)
+        for j in range(n):
+            a = yr[j] + br[j]
+            yr[j] = (a if a > 0 else 0.0) + log1p_unit_like(exp_nonpos_like(-abs(a), y), y)
     else:  # SIGMOID: 1 / (1 + e) for a >= 0, e / (1 + e) below, e = exp(-|a|) <= 1 never overflows
-        for j in range(c0, c1):
-            a = y[i, j] + b[j]
+        for j in range(n):
+            a = yr[j] + br[j]
             e = exp_nonpos_like(-abs(a), y)
-            y[i, j] = (1.0 if a >= 0 else e) / (1.0 + e)   # NaN: e is NaN
+            yr[j] = (1.0 if a >= 0 else e) / (1.0 + e)   # NaN: e is NaN
 
 
 @jit
 def _act_grad_row(da, dy, y, i, act, c0, c1):
-    # da[i, j] = dy[i, j] * act'(a[i, j]) for j in c0..c1-1, act' from the output y; da may be
-    # dy itself (in place). Identity: nothing to do unless da is another array.
-    # The multiplications keep a NaN/Inf dy as NaN where act' = 0 (like the reference).
+    # da[i, c0:c1] = dy[i, c0:c1] * act'(a), act' from the output y; da may be dy itself (in
+    # place). Views from index 0, as in _bias_act_row. The multiplications keep a NaN/Inf dy as
+    # NaN where act' = 0 (like the reference).
+    dr, gr, yr = da[i, c0:c1], dy[i, c0:c1], y[i, c0:c1]
+    n = dr.shape[0]
     if act == IDENTITY:
-        for j in range(c0, c1):
-            da[i, j] = dy[i, j]
+        for j in range(n):
+            dr[j] = gr[j]
     elif act == RELU:
-        for j in range(c0, c1):
-            da[i, j] = dy[i, j] * (1.0 if y[i, j] > 0 else 0.0)
+        for j in range(n):
+            dr[j] = gr[j] * (1.0 if yr[j] > 0 else 0.0)
     elif act == TANH:
-        for j in range(c0, c1):
-            da[i, j] = dy[i, j] * ((1.0 - y[i, j]) * (1.0 + y[i, j]))   # 1 - y^2, no y*y rounding
+        for j in range(n):
+            dr[j] = gr[j] * ((1.0 - yr[j]) * (1.0 + yr[j]))   # 1 - y^2, no y*y rounding
     elif act == SOFTPLUS:
-        for j in range(c0, c1):
-            da[i, j] = dy[i, j] * -expm1_nonpos_like(-y[i, j], y)   # sigmoid(a) = 1 - exp(-y)
+        for j in range(n):
+            dr[j] = gr[j] * -expm1_nonpos_like(-yr[j], y)   # sigmoid(a) = 1 - exp(-y)
     else:  # SIGMOID
-        for j in range(c0, c1):
-            da[i, j] = dy[i, j] * (y[i, j] * (1.0 - y[i, j]))
+        for j in range(n):
+            dr[j] = gr[j] * (yr[j] * (1.0 - yr[j]))
 
 
 @jit
 def _column_sums(db, da, c0, c1):
     # db[c0:c1] = sum over all rows of da[:, c0:c1], rows in order, float64 accumulation
     acc = np.zeros(c1 - c0, dtype=np.float64)
+    n = acc.shape[0]
     for i in range(da.shape[0]):
-        for j in range(c0, c1):
-            acc[j - c0] += da[i, j]
-    for j in range(c0, c1):
-        db[j] = acc[j - c0]
+        row = da[i, c0:c1]
+        for j in range(n):
+            acc[j] += row[j]
+    out = db[c0:c1]
+    for j in range(n):
+        out[j] = acc[j]
 
 
 @jit
@@ -258,7 +278,8 @@ def _tiles(rows, cols, tile):
 
 def _run(n_tiles, tile_loop, *args):
     """Run ``tile_loop(counter, n_tiles, *args)`` on the pool (fastvae/_threads.py)."""
-    _threads.current_pool().run(_threads.Phase(n_tiles, lambda counter, n: tile_loop(counter, n, *args)))
+    _threads.current_pool().run(
+        _threads.Phase(n_tiles, lambda counter, n: tile_loop(counter, n, *args)))
 
 
 def dense_forward(x, W, b, activation):
@@ -270,9 +291,9 @@ def dense_forward(x, W, b, activation):
     act = activation_code(activation)
     N, O = x.shape[0], W.shape[1]
     y = np.empty((N, O), dtype=x.dtype)
+    tile = _rows_tile(N, FORWARD_TILE)
     with _threads.cpu_work():
-        _run(_tiles(N, O, FORWARD_TILE), forward_tiles, gemm_for(x.dtype), x, W, b, y, act,
-             *FORWARD_TILE)
+        _run(_tiles(N, O, tile), forward_tiles, gemm_for(x.dtype), x, W, b, y, act, *tile)
     return y, (x, W, y, activation)
 
 
@@ -309,9 +330,10 @@ def layer_backward(da, x, W, dW, db, dx=None, x_act=IDENTITY, second=None):
     same x (the encoder's mu and logvar heads), whose dx term is added."""
     N, I = x.shape
     da2, W2, dW2, db2 = (da, W, dW, db) if second is None else second
-    n_dx = 0 if dx is None else _tiles(N, I, BACKWARD_DX_TILE)
+    dx_tile = _rows_tile(N, BACKWARD_DX_TILE)
+    n_dx = 0 if dx is None else _tiles(N, I, dx_tile)
     n_w = _tiles(I, W.shape[1], BACKWARD_DW_TILE)
     n_w += 0 if second is None else _tiles(I, W2.shape[1], BACKWARD_DW_TILE)
     _run(n_dx + n_w, backward_tiles, gemm_for(x.dtype), n_dx, da, x, W, dW, db, da2, W2, dW2, db2,
-         1 if second is None else 2, dW if dx is None else dx, x_act, *BACKWARD_DX_TILE,
+         1 if second is None else 2, dW if dx is None else dx, x_act, *dx_tile,
          *BACKWARD_DW_TILE)
