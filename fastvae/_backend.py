@@ -42,10 +42,3 @@ def _require_cuda():
         importlib.import_module("fastvae.cuda.dense")
     except ModuleNotFoundError:
         raise RuntimeError("this fastvae build has no CUDA kernels yet; use device='cpu'") from None
-
-
-def blas_owns_the_cores(device):
-    """The thread policy of model work: ``fastvae._threads.cpu_work`` (one-thread BLAS and
-    Numba inside the pool's tiles). Kept under this name for its callers."""
-    from ._threads import cpu_work
-    return cpu_work(device)

@@ -13,7 +13,7 @@ run, interleaved:
 
     .venv/bin/python benchmarks/dev/adam_guard_cost.py        # REP=15 STEPS=20
 
-Canonical model VAE(784, (400,), 20) float32, batch 128, inside blas_owns_the_cores as fit runs;
+Canonical model VAE(784, (400,), 20) float32, batch 128, inside cpu_work as fit runs;
 medians (min-max) of per-step times over REP repeats of STEPS steps.
 """
 import os
@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from fastvae import VAE
-from fastvae._backend import blas_owns_the_cores
+from fastvae._threads import cpu_work
 from benchmarks.common import gemm_gflops
 from fastvae.optim import Adam
 from fastvae.train import train_step
@@ -68,7 +68,7 @@ def main():
     x = (np.random.default_rng(0).random((128, 784)) < 0.3).astype(np.float32)
     times = {name: [] for name in VARIANTS}
     print(f"sgemm probe at start: {gemm_gflops():.0f} GFLOP/s")
-    with blas_owns_the_cores("cpu"):
+    with cpu_work("cpu"):
         for rep in range(REP + 1):
             for name, update in VARIANTS.items():
                 Adam.update = update

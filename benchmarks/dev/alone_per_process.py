@@ -6,6 +6,7 @@
 import os, sys, time
 os.environ.setdefault("OMP_NUM_THREADS", "2"); os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")
 import numpy as np
+from fastvae._threads import cpu_work
 B = int(os.environ.get("B", 32))
 x = (np.random.default_rng(0).random((B, 784)) < 0.3).astype(np.float32)
 from fastvae.bench.arch import CANONICAL
@@ -17,12 +18,11 @@ elif who == "torchfused":
     import torch; torch.set_num_threads(2); run, sync = peers.torch_train_step(torch, CANONICAL, x, True), None
 else:
     import fastvae
-    from fastvae import _backend
     from fastvae.optim import Adam
     from fastvae.train import train_step
     model = fastvae.VAE(784, (400,), 20, seed=0, dtype="float32"); opt = Adam(model); g = model.params.zeros_like()
     def run():
-        with _backend.blas_owns_the_cores("cpu"): train_step(model, opt, x, g, seed=0, batch_size=B)
+        with cpu_work("cpu"): train_step(model, opt, x, g, seed=0, batch_size=B)
     sync = None
 for _ in range(30): run()
 sync and sync()

@@ -1,8 +1,9 @@
 """One process = one variant. ADAM_THREADS: numba threads for Adam (and ELBO) inside the step."""
 import os, sys, time
-import numpy as np, numba
+import numpy as np
+import numba
+from fastvae._threads import cpu_work
 import fastvae
-from fastvae import _backend
 from fastvae.optim import Adam
 from fastvae.train import train_step
 B = int(os.environ.get("B", 128))
@@ -25,7 +26,7 @@ if nt > 1:
 def run(n):
     t0 = time.perf_counter()
     for _ in range(n):
-        with _backend.blas_owns_the_cores("cpu"):
+        with cpu_work("cpu"):
             train_step(model, opt, x, grads, seed=0, batch_size=B)
     return (time.perf_counter() - t0) / n
 run(30)

@@ -3,8 +3,9 @@ Medians over 200 steps of the time spent in each kernel family."""
 import os, sys, time
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")
 import numpy as np
+from fastvae._threads import cpu_work
 import fastvae
-from fastvae import _backend, model as M
+from fastvae import model as M
 from fastvae.optim import Adam
 from fastvae.train import train_step
 
@@ -36,7 +37,7 @@ orig_sum = M._sum_samples; M._sum_samples = timed("sum_samples", orig_sum)
 orig_rep = M._repeat_rows; M._repeat_rows = timed("repeat_rows", orig_rep)
 
 def one():
-    with _backend.blas_owns_the_cores("cpu"):
+    with cpu_work("cpu"):
         train_step(model, opt, x, grads, seed=0, batch_size=B)
 for _ in range(20): one()
 steps = []

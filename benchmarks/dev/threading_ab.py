@@ -7,7 +7,7 @@ The third training variant measured for fastvae/train.py::train_step, one shard 
 worker thread, was dropped from the library in bfe28f4 (run this script at its parent commit to
 repeat it)."""
 import os, time, numpy as np, fastvae
-from fastvae import _backend, _threads
+from fastvae import _threads
 from fastvae.optim import Adam
 import fastvae.train as T
 import fastvae.eval as E
@@ -26,9 +26,9 @@ for B in [int(b) for b in os.environ.get("BS", "32,128,512").split(",")]:
     model = fastvae.VAE(784, hidden, L, seed=0, dtype="float32")
     opt = Adam(model, 1e-3); g = model.params.zeros_like()
     def run(mode, steps):
-        ctx = _threads.single_threaded_blas() if mode == "blas1" else _backend.blas_owns_the_cores("cpu")
+        ctx = _threads.single_threaded_blas() if mode == "blas1" else _threads.cpu_work("cpu")
         t0 = time.perf_counter()
-        with ctx, _backend.blas_owns_the_cores("cpu"):
+        with ctx, _threads.cpu_work("cpu"):
             for _ in range(steps): T.train_step(model, opt, x, g, seed=0, batch_size=B)
         return steps * B / (time.perf_counter() - t0)
     modes = ("whole", "blas1")

@@ -14,7 +14,7 @@ Workloads (``--only``):
 
 train    One training step at each ``--batches`` size (samples/s), for 784-400-20 (canonical)
          and 784-512-256-32 (deep). fastvae: ``fastvae.train.train_step`` (Philox noise, explicit
-         forward and backward, finiteness checks, fused Adam) inside ``blas_owns_the_cores``,
+         forward and backward, finiteness checks, fused Adam) inside ``cpu_work``,
          exactly what ``fit`` runs per batch. PyTorch: nn.Linear layers, zero_grad, forward,
          backward, torch.optim.Adam (default foreach, and fused=True where it runs), loss.item().
          JAX: value_and_grad and a hand-written Adam in one jit with donated buffers.
@@ -39,7 +39,7 @@ startup  Fresh interpreter to the end of the first training step (import, build 
          first step at batch 128): fastvae with a warm Numba cache (run twice, the second
          reported) and cold (NUMBA_CACHE_DIR pointed at an empty directory); PyTorch and JAX
          (first jitted step, compilation included) run twice, the second reported.
-ops      Key fastvae ops (``fastvae.ops``, run inside ``blas_owns_the_cores`` as the model runs
+ops      Key fastvae ops (``fastvae.ops``, run inside ``cpu_work`` as the model runs
          them) against the same work in NumPy: dense forward/backward 128x784x400, the fused
          ELBO loss and gradients, Adam over 652,824 parameters, logsumexp 128x5000. Each checked
          against NumPy before it is timed.

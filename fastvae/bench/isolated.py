@@ -24,7 +24,7 @@ STARTUP = {
         import json
         import numpy as np
         import fastvae
-        from fastvae import _backend
+        from fastvae._threads import cpu_work
         from fastvae.optim import Adam
         from fastvae.train import train_step
         t1 = time.perf_counter()
@@ -32,7 +32,7 @@ STARTUP = {
         opt, grads = Adam(model, 1e-3), model.params.zeros_like()
         x = (np.random.default_rng(0).random((128, 784)) < 0.3).astype(np.float32)
         t2 = time.perf_counter()
-        with _backend.blas_owns_the_cores(model.device):
+        with cpu_work(model.device):
             train_step(model, opt, x, grads, seed=0, batch_size=128)
         t3 = time.perf_counter()
     """,

@@ -10,6 +10,7 @@ import numpy as np
 
 import fastvae
 from fastvae import _backend, ops
+from fastvae._threads import cpu_work
 from fastvae.optim import Adam
 from fastvae.train import train_step
 
@@ -71,7 +72,7 @@ def fastvae_model(arch, device="cpu"):
 
 def fastvae_train_step(arch, xb, device="cpu"):
     """One ``train_step`` (what ``fit`` runs per batch: Philox noise, forward, backward,
-    finiteness checks, fused Adam), inside ``blas_owns_the_cores`` as ``fit`` runs it."""
+    finiteness checks, fused Adam), inside ``cpu_work`` as ``fit`` runs it."""
     model = fastvae_model(arch, device)
     opt = Adam(model, LR)
     grads = model.params.zeros_like()
@@ -79,7 +80,7 @@ def fastvae_train_step(arch, xb, device="cpu"):
     batch = len(xb)
 
     def step():
-        with _backend.blas_owns_the_cores(model.device):
+        with cpu_work(model.device):
             train_step(model, opt, xb, grads, seed=SEED, batch_size=batch)
     return step
 
@@ -119,10 +120,10 @@ class Op:
 
 
 def _on_model_threads(fn):
-    """Run an op as the model runs it: inside blas_owns_the_cores (Numba kernels on one
-    thread, BLAS keeps its threads)."""
+    """Run an op as the model runs it: inside ``cpu_work`` (one-thread BLAS and Numba inside
+    the pool's tiles, fastvae/_threads.py)."""
     def call():
-        with _backend.blas_owns_the_cores("cpu"):
+        with cpu_work("cpu"):
             return fn()
     return call
 
