@@ -258,7 +258,16 @@ class Pool:
         return list(self._threads)
 
 
+def _forget_pool_after_fork():
+    """A forked child has none of the parent's threads (and its locks may be held): it starts
+    a pool of its own when it first needs one."""
+    global _pool, _lock, _blas_lock
+    _pool, _lock, _blas_lock = None, threading.Lock(), threading.Lock()
+
+
 atexit.register(shutdown)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
 # ---------------------------------------------------------------------------------------------

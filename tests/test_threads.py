@@ -243,3 +243,24 @@ def test_cli_threads_sets_the_pool_size(threads):
     from fastvae import cli
     cli._set_threads(3)
     assert _threads.num_threads() == 3 and _threads.pool().size == 3
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_forked_child_starts_a_pool_of_its_own(threads):
+    import os
+    threads(2)
+    parent = _threads.pool()
+    parent.run(_threads.Phase(4, _threads.python_tiles(lambda i: None)))
+    pid = os.fork()
+    if pid == 0:   # child: the parent's worker thread does not exist here
+        ok = False
+        try:
+            counts = np.zeros(9, dtype=np.int64)
+            child = _threads.pool()
+            child.run(_threads.Phase(9, _threads.python_tiles(
+                lambda i: counts.__setitem__(i, counts[i] + 1))))
+            ok = child is not parent and (counts == 1).all()
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
