@@ -196,9 +196,10 @@ def test_shutdown_then_a_new_pool(threads):
 
 def _small_fit(n_threads, likelihood="bernoulli", objective="elbo", k=1):
     _threads.set_num_threads(n_threads)
-    model = fastvae.VAE(301, (150, 70), 7, likelihood=likelihood, seed=5, dtype="float32")
-    x = np.random.default_rng(6).random((230, 301)).astype(np.float32)
-    history = model.fit(x, epochs=2, batch_size=100, k=k, objective=objective, progress=False)
+    # 600-300-70-7: every layer's phase has several tiles at batch 150 (fastvae/cpu/dense.py)
+    model = fastvae.VAE(600, (300, 70), 7, likelihood=likelihood, seed=5, dtype="float32")
+    x = np.random.default_rng(6).random((330, 600)).astype(np.float32)
+    history = model.fit(x, epochs=2, batch_size=150, k=k, objective=objective, progress=False)
     return model.params.flat.copy(), [h["loss"] for h in history], model
 
 
@@ -206,7 +207,7 @@ def _small_fit(n_threads, likelihood="bernoulli", objective="elbo", k=1):
                                                       ("gaussian", "elbo", 2),
                                                       ("bernoulli", "iwae", 3)])
 def test_training_gives_the_same_bits_for_1_2_3_threads(threads, likelihood, objective, k):
-    # 6 steps (batches of 100, 100, 30) with tiles shared out differently every time
+    # 6 steps (batches of 150, 150, 30) with tiles shared out differently every time
     runs = [_small_fit(n, likelihood, objective, k) for n in (1, 2, 3)]
     params, losses, _ = runs[0]
     assert np.isfinite(params).all() and np.isfinite(losses).all()
@@ -216,8 +217,8 @@ def test_training_gives_the_same_bits_for_1_2_3_threads(threads, likelihood, obj
 
 
 def test_encode_decode_elbo_give_the_same_bits_for_1_2_3_threads(threads):
-    model = fastvae.VAE(301, (150, 70), 7, seed=5, dtype="float32")
-    x = np.random.default_rng(7).random((333, 301)).astype(np.float32)
+    model = fastvae.VAE(600, (300, 70), 7, seed=5, dtype="float32")
+    x = np.random.default_rng(7).random((333, 600)).astype(np.float32)
     results = []
     for n in (1, 2, 3):
         threads(n)
@@ -264,3 +265,19 @@ def test_a_forked_child_starts_a_pool_of_its_own(threads):
             os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0
+
+
+def test_the_training_phases_really_are_shared_out(threads, monkeypatch):
+    # the determinism tests above mean something only if phases have several tiles and more
+    # than one thread runs them
+    threads(2)
+    ran = set()
+    real = _threads.Phase.join
+
+    def join(self):
+        if self.n > 1:
+            ran.add(threading.current_thread().name)
+        return real(self)
+    monkeypatch.setattr(_threads.Phase, "join", join)
+    _small_fit(2)
+    assert "MainThread" in ran and any(name.startswith("fastvae-") for name in ran), ran

@@ -51,9 +51,15 @@ IDENTITY, RELU, TANH, SOFTPLUS, SIGMOID = range(5)   # _reference.ACTIVATIONS or
 # the forward and dx tiles are LARGE_TILE: float32 GFLOP/s on one thread, 4000x400x784,
 # same run: whole matmul 100, tiles 64x128 71, 128x256 75, 256x512 73, 256x784 81; 4000x20x400:
 # 48, 40, 46, 49, 49 (benchmarks/dev/tile_shapes.py; the shapes depend on the rows only).
-FORWARD_TILE = (64, 128)
-BACKWARD_DX_TILE = (64, 128)
-BACKWARD_DW_TILE = (128, 128)
+# Training step 784-400-20, float32, 2 threads, samples/s, medians of 7 interleaved rounds
+# (benchmarks/dev/tile_tuning.py; forward and dx tiles / dW tiles):
+#   64x128 / 128x128: batch 32 7.8k, 128 17.2k, 512 16.3k;  64x256 / 128x256: 8.2k, 17.5k, 19.6k
+#   128x256 / 256x256: 7.9k, 18.4k, 20.3k;  32x400 / 400x128: 6.2k, 16.6k, 16.0k
+# Larger tiles pack each operand panel fewer times; at batch 32 they still leave 2-4 tiles per
+# layer for 2 threads.
+FORWARD_TILE = (128, 256)
+BACKWARD_DX_TILE = (128, 256)
+BACKWARD_DW_TILE = (256, 256)
 LARGE_ROWS, LARGE_TILE = 1024, (256, 784)
 ROW_TILE = 64
 
