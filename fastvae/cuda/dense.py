@@ -70,12 +70,8 @@ def dense_backward(dy, cache, need_dx=True, dW_out=None, db_out=None):
     da = dy if act == IDENTITY else xp.empty_like(dy)   # identity: da is dy, never written
     db = xp.empty(O, dtype=dy.dtype) if db_out is None else db_out
     if O:
-        rows_per_block = THREADS_PER_BLOCK // 32
-        R = max(1, min(cdiv(N, rows_per_block), MAX_ROW_BLOCKS, MAX_BLOCKS))
-        partial = xp.empty((R, O), dtype=np.float64)
-        kernel("dense", f"dense_act_grad_kernel_{suffix}")(
-            (cdiv(O, 32), R), (32, rows_per_block),
-            (da, partial, dy, y, np.int32(act), np.int64(N), np.int32(O)))
+        partial = _act_grad(da, dy, y, act)
+        R = partial.shape[0]
         threads = THREADS_PER_BLOCK
         kernel("dense", f"dense_bias_grad_kernel_{suffix}")(
             (min(cdiv(O, threads), MAX_BLOCKS),), (threads,),
@@ -103,14 +99,21 @@ def layer_backward(da, x, W, dW, db, dx=None, x_act=IDENTITY, second=None):
 
 
 def _act_grad_in_place(d, y, act):
-    """d (N, C) *= act'(a), act' from the layer output y (dense_act_grad_kernel, in place)."""
-    xp = array_module(d)
-    N, C = d.shape
-    if not C:
-        return
+    """d (N, C) *= act'(a), act' from the layer output y (in place; the column sums are
+    dropped)."""
+    if d.shape[1]:
+        _act_grad(d, d, y, act)
+
+
+def _act_grad(da, dy, y, act):
+    """``da = dy * act'(a)`` (act' from y; da may be dy itself) with dense_act_grad_kernel ->
+    its per-block float64 column sums of da, (R, O)."""
+    xp = array_module(dy)
+    N, O = dy.shape
     rows_per_block = THREADS_PER_BLOCK // 32
     R = max(1, min(cdiv(N, rows_per_block), MAX_ROW_BLOCKS, MAX_BLOCKS))
-    partial = xp.empty((R, C), dtype=np.float64)
-    kernel("dense", f"dense_act_grad_kernel_{dtype_suffix(d.dtype)}")(
-        (cdiv(C, 32), R), (32, rows_per_block),
-        (d, partial, d, y, np.int32(act), np.int64(N), np.int32(C)))
+    partial = xp.empty((R, O), dtype=np.float64)
+    kernel("dense", f"dense_act_grad_kernel_{dtype_suffix(dy.dtype)}")(
+        (cdiv(O, 32), R), (32, rows_per_block),
+        (da, partial, dy, y, np.int32(act), np.int64(N), np.int32(O)))
+    return partial
