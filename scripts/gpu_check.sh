@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The device check for a machine with a CUDA GPU, run from the repository root with the checkout
 # itself (PYTHONPATH=., no pip install) and a Python that already has numpy, numba, scipy, cupy,
-# torch and jax. In at most 30+180+60+100+100 s = 7.8 minutes: versions, the gpu-marked tests, the model tests,
-# the whole model on the GPU against the CPU (scripts/gpu_model_check.py), and the bench's
-# training and log-likelihood rows with their GPU columns. Log and results go to $OUT when it is
+# torch and jax. In at most 30+180+60+100+100 s = 7.8 minutes: versions, the gpu-marked tests,
+# the model tests, the whole model on the GPU against the CPU (scripts/gpu_model_check.py), and
+# the bench's training and log-likelihood rows with their GPU columns. Log and results go to $OUT when it is
 # set, else runs/gpu-check/. Without a CUDA GPU: prints "no CUDA GPU" and exits 3 at once.
 # Exit 0 when every part passed, 1 otherwise.
 set -uo pipefail
