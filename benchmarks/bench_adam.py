@@ -4,8 +4,8 @@ bytes per call (float32, 4 bytes/element, P parameters): reads param, grad, m, v
 m, v: 4 * 7 P. NumPy makes several passes with temporaries, so it moves more than that.
 P = 652,824: the 784-400-20 VAE (784*400+400 + 2*(400*20+20) + 20*400+400 + 400*784+784), all in
 one flat buffer as the model keeps them.
-Also test_parallel_vs_serial: the prange kernel against the serial one (the "numpy" column holds
-the serial kernel in those rows): sets adam.PARALLEL_MIN.
+Also test_pool_vs_serial: ``adam_update`` (tiles of CHUNK elements on fastvae's pool) against the
+serial kernel (the "numpy" column holds the serial kernel in those rows).
 """
 import numpy as np
 import pytest
@@ -43,14 +43,14 @@ def test_adam(benchmark, p):
 
 
 @pytest.mark.parametrize("p", [1 << 12, 1 << 14, 1 << 15, 1 << 16, 1 << 18, P_VAE])
-def test_parallel_vs_serial(benchmark, p):
+def test_pool_vs_serial(benchmark, p):
     param, grad, m, v = make_case(p, seed=1)
     f = np.float32
     scalars = (f(LR), (f(B1), f(1 - B1)), (f(B2), f(1 - B2)), f(EPS), f(1.0), f(1.0),
                np.finfo(f).tiny, p)
-    common.run_pair(benchmark, lambda: adam.adam_kernel_parallel(param, m, v, grad, *scalars),
+    common.run_pair(benchmark, lambda: adam.adam_update(param, grad, m, v, 1, LR, B1, B2, EPS),
                     lambda: adam.adam_kernel(param, m, v, grad, *scalars),
-                    op="adam prange vs serial", size=(p,), dtype=np.float32, nbytes=4 * 7 * p)
+                    op="adam pool vs serial", size=(p,), dtype=np.float32, nbytes=4 * 7 * p)
 
 
 def test_all_finite(benchmark):

@@ -290,9 +290,11 @@ class cpu_work:
         self.device = device
 
     def __enter__(self):
+        if self.device != "cpu":    # other devices: nothing to set, and no CPU depth counted
+            return self
         depth = getattr(_local, "cpu_work_depth", 0)
         _local.cpu_work_depth = depth + 1
-        if depth or self.device != "cpu":
+        if depth:
             return self
         import numba
         self.numba_before = numba.get_num_threads()
@@ -301,8 +303,10 @@ class cpu_work:
         return self
 
     def __exit__(self, *exc):
+        if self.device != "cpu":
+            return
         _local.cpu_work_depth -= 1
-        if _local.cpu_work_depth or self.device != "cpu":
+        if _local.cpu_work_depth:
             return
         import numba
         _local.pool = None
@@ -339,13 +343,16 @@ def current_pool():
     return found
 
 
-def single_threaded_blas():
-    """BLAS on one thread while the body runs (process-wide, restored on exit)."""
-    return _single_threaded_blas()
+def run_tiles(n_tiles, tile_loop, *args):
+    """Run the Numba tile loop ``tile_loop(counter, n_tiles, *args)`` (a Phase's work) on the
+    pool, inside ``cpu_work``: what every tiled launcher of fastvae/cpu does."""
+    with cpu_work():
+        current_pool().run(Phase(n_tiles, lambda counter, n: tile_loop(counter, n, *args)))
 
 
 @contextlib.contextmanager
-def _single_threaded_blas():
+def single_threaded_blas():
+    """BLAS on one thread while the body runs (process-wide, restored on exit)."""
     _enter_single_threaded_blas()
     try:
         yield

@@ -122,26 +122,37 @@ def test_elbo_nonfinite_inputs(likelihood):
 
 
 @pytest.mark.parametrize("likelihood", LIKELIHOODS)
-def test_fused_serial_and_parallel_kernels_agree(likelihood):
+def test_fused_serial_kernel_and_pool_tiles_agree(likelihood):
     """Bit-identical: rows are independent and the ddec_logvar row blocks depend on N only."""
+    from fastvae import _threads
     rng = np.random.default_rng(6)
     (x, dec_out, mu, logvar, dec_logvar), _ = elbo_inputs(rng, 67, 129, 20, likelihood)
     x, dec_out, mu, logvar = (a.astype(np.float32) for a in (x, dec_out, mu, logvar))
     outs = []
-    for parallel in (False, True):
-        out = [np.empty(67), np.empty_like(dec_out), np.empty_like(mu), np.empty_like(logvar)]
-        if likelihood == "bernoulli":
-            kernel = (elbo.elbo_bernoulli_loss_grads_kernel_parallel if parallel
-                      else elbo.elbo_bernoulli_loss_grads_kernel)
-            kernel(*out, x, dec_out, mu, logvar, -1.0 / 67, 0.5)
-        else:
-            kernel = (elbo.elbo_gaussian_loss_grads_kernel_parallel if parallel
-                      else elbo.elbo_gaussian_loss_grads_kernel)
-            dec_logvar = dec_logvar.astype(np.float32)
-            out.insert(2, np.zeros((loglik.row_blocks(67), 129)))
-            kernel(*out, x, dec_out, mu, logvar, dec_logvar, loglik.gaussian_inv_var(dec_logvar),
-                   -1.0 / 67, 0.5)
-        outs.append(out)
+    pool = _threads.Pool(3)
+    try:
+        for on_pool in (False, True):
+            out = [np.empty(67), np.empty_like(dec_out), np.empty_like(mu), np.empty_like(logvar)]
+            if likelihood == "bernoulli":
+                args = (*out, x, dec_out, mu, logvar, -1.0 / 67, 0.5)
+                kernel, tiles = (elbo.elbo_bernoulli_loss_grads_kernel,
+                                 elbo.elbo_bernoulli_loss_grads_tiles)
+                n_tiles, extra = -(-67 // 7), (7,)   # 7-row tiles: 10 tiles for 3 threads
+            else:
+                dec_logvar = dec_logvar.astype(np.float32)
+                out.insert(2, np.zeros((loglik.row_blocks(67), 129)))
+                args = (*out, x, dec_out, mu, logvar, dec_logvar,
+                        loglik.gaussian_inv_var(dec_logvar), -1.0 / 67, 0.5)
+                kernel, tiles = (elbo.elbo_gaussian_loss_grads_kernel,
+                                 elbo.elbo_gaussian_loss_grads_tiles)
+                n_tiles, extra = out[2].shape[0], ()
+            if on_pool:
+                pool.run(_threads.Phase(n_tiles, lambda c, n: tiles(c, n, *args, *extra)))
+            else:
+                kernel(*args)
+            outs.append(out)
+    finally:
+        pool.close()
     for a, b in zip(*outs, strict=True):
         np.testing.assert_array_equal(a, b)
 

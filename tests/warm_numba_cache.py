@@ -83,6 +83,20 @@ def _models(dtype, rng):
         model.sample(3)
 
 
+def _serial_kernels(dtype, rng):
+    """Kernels the library no longer launches but tests compare with the pool's tiles bit for
+    bit (tests/test_elbo.py): the serial fused ELBO kernels."""
+    from fastvae.cpu import elbo, loglik
+    n, d, l = 9, 11, 3
+    x, out, mu, logvar = (rng.random(s).astype(dtype) for s in ((n, d), (n, d), (n, l), (n, l)))
+    grads = [np.empty(n), np.empty_like(out), np.empty_like(mu), np.empty_like(logvar)]
+    elbo.elbo_bernoulli_loss_grads_kernel(*grads, x, out, mu, logvar, -1.0 / n, 0.5)
+    dec_logvar = rng.random(d).astype(dtype)
+    grads.insert(2, np.zeros((loglik.row_blocks(n), d)))
+    elbo.elbo_gaussian_loss_grads_kernel(*grads, x, out, mu, logvar, dec_logvar,
+                                         loglik.gaussian_inv_var(dec_logvar), -1.0 / n, 0.5)
+
+
 def main():
     rng = np.random.default_rng(0)
     for dtype in (np.float32, np.float64):
@@ -90,6 +104,7 @@ def main():
             for readonly in (False, True):
                 _ops(dtype, n, d, l, k, rng, readonly)
         _models(dtype, rng)
+        _serial_kernels(dtype, rng)
 
 
 if __name__ == "__main__":

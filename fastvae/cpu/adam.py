@@ -9,17 +9,16 @@ corrections are computed once per call in float64 and passed in as reciprocals. 
 runs in the parameter dtype (float32: 8 AVX2 lanes), as the reference does.
 """
 import numpy as np
-from numba import prange
 
-from fastvae import _threads
+from fastvae._threads import run_tiles
 from fastvae.cpu._atomic import fetch_add
-from fastvae.cpu._numba import jit, jit_math, jit_parallel
+from fastvae.cpu._numba import jit, jit_math
 
-# Elements per parallel chunk, and the size from which the chunks run in parallel. 2 threads vs 1,
-# float32, in place (bench_adam.py::test_parallel_vs_serial): 4096 0.65x, 16384 0.82x,
-# 32768 1.48x, 65536 1.64x, 262144 1.92x, 652824 (the 784-400-20 VAE) 2.09x.
+# Elements per tile of the pool (Adam and the gradient guard). Measured with the prange kernel
+# this replaced, 2 threads vs 1, float32, in place: 4096 0.65x, 16384 0.82x, 32768 1.48x,
+# 652824 (the 784-400-20 VAE) 2.09x; benchmarks/bench_adam.py::test_pool_vs_serial now times the
+# pool's tiles against the serial kernel.
 CHUNK = 1 << 14
-PARALLEL_MIN = 1 << 15
 
 
 @jit_math
@@ -61,17 +60,6 @@ def adam_kernel(param, m, v, grad, lr, beta1, beta2, eps, inv_bc1, inv_bc2, tiny
                tiny)
 
 
-@jit_parallel
-def adam_kernel_parallel(param, m, v, grad, lr, beta1, beta2, eps, inv_bc1, inv_bc2, tiny, n):
-    # as adam_kernel, prange over chunks of CHUNK elements. Each chunk gets sliced views: with
-    # index ranges into the whole arrays instead, LLVM left the prange body unvectorized (3.4x
-    # slower on one thread, 652,824 float32).
-    for c in prange((n + CHUNK - 1) // CHUNK):
-        lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
-        _adam_span(param[lo:hi], m[lo:hi], v[lo:hi], grad[lo:hi], lr, beta1, beta2, eps,
-                   inv_bc1, inv_bc2, tiny)
-
-
 @jit
 def adam_stays_finite_kernel(param, m, v, grad, lr, beta1, beta2, eps, inv_bc1, inv_bc2,
                              tiny):
@@ -108,7 +96,7 @@ def adam_update(param, grad, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e
     """One Adam step, in place on param, m, v (same shape and dtype as grad, C-contiguous; any
     number of dimensions: flat views are updated). step = t >= 1. Returns None."""
     args = _flat_args(param, grad, m, v, step, lr, beta1, beta2, eps)
-    _run(-(-args[0].shape[0] // CHUNK), adam_tiles, *args, CHUNK)
+    run_tiles(-(-args[0].shape[0] // CHUNK), adam_tiles, *args, CHUNK)
 
 
 def adam_stays_finite(param, grad, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
@@ -147,16 +135,8 @@ def abs_sum(a):
     float64 sums added in chunk order (the same bits for any thread count)."""
     flat = a.reshape(-1)
     partial = np.empty(-(-flat.shape[0] // CHUNK))
-    _run(partial.shape[0], abs_sum_tiles, flat, partial, CHUNK)
-    return float(_ordered_sum(partial))
-
-
-@jit
-def _ordered_sum(a):
-    acc = 0.0
-    for i in range(a.shape[0]):
-        acc += a[i]
-    return acc
+    run_tiles(partial.shape[0], abs_sum_tiles, flat, partial, CHUNK)
+    return float(partial.sum())   # a fixed number of partials: a fixed order of additions
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,7 +145,8 @@ def _ordered_sum(a):
 @jit
 def adam_tiles(counter, n_tiles, param, m, v, grad, lr, beta1, beta2, eps, inv_bc1, inv_bc2,
                tiny, chunk):
-    # as adam_kernel, tile c = elements c * chunk .. (sliced views, as adam_kernel_parallel)
+    # as adam_kernel, tile c = elements c * chunk .. (sliced views: with index ranges into
+    # the whole arrays LLVM left the loop unvectorized, 3.4x slower on one thread)
     n, last = param.shape[0], False
     while True:
         c = fetch_add(counter, 0, 1)
@@ -189,10 +170,6 @@ def abs_sum_tiles(counter, n_tiles, a, partial, chunk):
         last = fetch_add(counter, 1, 1) == n_tiles - 1
 
 
-def _run(n_tiles, tile_loop, *args):
-    with _threads.cpu_work():
-        _threads.current_pool().run(_threads.Phase(n_tiles,
-                                           lambda counter, n: tile_loop(counter, n, *args)))
 
 
 def all_finite(a):

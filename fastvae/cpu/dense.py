@@ -34,7 +34,7 @@ to 30% at batch 32: hence NumPy's own OpenBLAS, now called per tile from inside 
 """
 import numpy as np
 
-from fastvae import _threads
+from fastvae._threads import run_tiles
 from fastvae._reference import activation_code
 
 from ._atomic import fetch_add
@@ -282,10 +282,6 @@ def _tiles(rows, cols, tile):
     return -(-rows // tile[0]) * -(-cols // tile[1])
 
 
-def _run(n_tiles, tile_loop, *args):
-    """Run ``tile_loop(counter, n_tiles, *args)`` on the pool (fastvae/_threads.py)."""
-    _threads.current_pool().run(
-        _threads.Phase(n_tiles, lambda counter, n: tile_loop(counter, n, *args)))
 
 
 def dense_forward(x, W, b, activation):
@@ -298,8 +294,7 @@ def dense_forward(x, W, b, activation):
     N, O = x.shape[0], W.shape[1]
     y = np.empty((N, O), dtype=x.dtype)
     tile = _rows_tile(N, FORWARD_TILE)
-    with _threads.cpu_work():
-        _run(_tiles(N, O, tile), forward_tiles, gemm_for(x.dtype), x, W, b, y, act, *tile)
+    run_tiles(_tiles(N, O, tile), forward_tiles, gemm_for(x.dtype), x, W, b, y, act, *tile)
     return y, (x, W, y, activation)
 
 
@@ -314,16 +309,15 @@ def dense_backward(dy, cache, need_dx=True, dW_out=None, db_out=None):
     x, W, y, activation = cache
     act = activation_code(activation)
     N, O = dy.shape
-    with _threads.cpu_work():
-        if act == IDENTITY:
-            da = dy     # read only below
-        else:
-            da = np.empty_like(dy)
-            _run(-(-N // ROW_TILE), act_grad_tiles, da, dy, y, act, ROW_TILE)
-        dx = np.empty_like(x) if need_dx else None
-        dW = np.empty_like(W) if dW_out is None else dW_out
-        db = np.empty(O, dtype=dy.dtype) if db_out is None else db_out
-        layer_backward(da, x, W, dW, db, dx, IDENTITY)
+    if act == IDENTITY:
+        da = dy     # read only below
+    else:
+        da = np.empty_like(dy)
+        run_tiles(-(-N // ROW_TILE), act_grad_tiles, da, dy, y, act, ROW_TILE)
+    dx = np.empty_like(x) if need_dx else None
+    dW = np.empty_like(W) if dW_out is None else dW_out
+    db = np.empty(O, dtype=dy.dtype) if db_out is None else db_out
+    layer_backward(da, x, W, dW, db, dx, IDENTITY)
     return dx, dW, db
 
 
@@ -340,6 +334,6 @@ def layer_backward(da, x, W, dW, db, dx=None, x_act=IDENTITY, second=None):
     n_dx = 0 if dx is None else _tiles(N, I, dx_tile)
     n_w = _tiles(I, W.shape[1], BACKWARD_DW_TILE)
     n_w += 0 if second is None else _tiles(I, W2.shape[1], BACKWARD_DW_TILE)
-    _run(n_dx + n_w, backward_tiles, gemm_for(x.dtype), n_dx, da, x, W, dW, db, da2, W2, dW2, db2,
-         1 if second is None else 2, dW if dx is None else dx, x_act, *dx_tile,
-         *BACKWARD_DW_TILE)
+    run_tiles(n_dx + n_w, backward_tiles, gemm_for(x.dtype), n_dx, da, x, W, dW, db, da2, W2,
+              dW2, db2, 1 if second is None else 2, dW if dx is None else dx, x_act, *dx_tile,
+              *BACKWARD_DW_TILE)

@@ -4,12 +4,14 @@ fused loss-and-gradients pass used by training.
 ``elbo_loss_and_grads`` reads every row of x, dec_out, mu, logvar once and writes every gradient
 in the same pass: the upstream gradient of ``loss = -mean_n elbo_n`` is the constant -1/N, so no
 row needs its forward value before its backward. Bernoulli shares one exp between softplus and
-sigmoid. Rows run in parallel (prange) above a size threshold.
+sigmoid. Its rows run as tiles of fastvae's pool (fastvae/_threads.py); the forward alone runs
+in parallel (prange) above a size threshold.
 
 The Gaussian ``ddec_logvar`` is a sum over rows. It is reduced without atomics: rows are split
 into ``loglik.row_blocks(N)`` blocks (a number that depends on N only), each block adds its rows
 into its own float64 partial row of a (B, D) buffer, and the B partials are added at the end
-(pynndescent style). Serial and parallel runs therefore give bit-identical results.
+(pynndescent style). The serial kernel and the pool's tiles therefore give bit-identical
+results.
 
 Fused vs forward + backward (elbo_forward, then elbo_backward(-1/N)), float32, D = 784, L = 20,
 one thread (NUMBA_NUM_THREADS=1; min of 40 / 8 runs of the benchmarks/bench_elbo.py functions):
@@ -24,7 +26,7 @@ rounded once to the input dtype; the loss is summed in float64 and returned as a
 import numpy as np
 from numba import prange
 
-from fastvae import _threads
+from fastvae._threads import run_tiles
 from fastvae.cpu._atomic import fetch_add
 from fastvae.cpu._numba import jit, jit_parallel
 from fastvae.cpu.kl import KL_PARALLEL_MIN_ELEMENTS, kl_backward, kl_row, kl_row_and_backward
@@ -140,15 +142,6 @@ def elbo_bernoulli_loss_grads_kernel(elbo, dlogits, dmu, dlogvar, x, logits, mu,
                                            mu[n], logvar[n], g, beta)
 
 
-@jit_parallel
-def elbo_bernoulli_loss_grads_kernel_parallel(elbo, dlogits, dmu, dlogvar, x, logits, mu, logvar,
-                                              g, beta):
-    # elbo (N,) float64; dlogits (N, D); dmu, dlogvar (N, L); x, logits (N, D); mu, logvar (N, L)
-    for n in prange(x.shape[0]):
-        elbo[n] = elbo_bernoulli_grads_row(dlogits[n], dmu[n], dlogvar[n], x[n], logits[n],
-                                           mu[n], logvar[n], g, beta)
-
-
 @jit
 def elbo_gaussian_grads_rows(elbo, dmean, ddec_logvar_acc, dmu, dlogvar, x, mean, mu, logvar,
                              dec_logvar, inv_var, g, beta, start, stop):
@@ -176,18 +169,6 @@ def elbo_gaussian_loss_grads_kernel(elbo, dmean, ddec_logvar_partial, dmu, dlogv
     # mu, logvar (N, L); x, mean (N, D); dec_logvar (D,); inv_var (D,) float64
     n_rows, n_blocks = x.shape[0], ddec_logvar_partial.shape[0]
     for b in range(n_blocks):
-        elbo_gaussian_grads_rows(elbo, dmean, ddec_logvar_partial[b], dmu, dlogvar, x, mean, mu,
-                                 logvar, dec_logvar, inv_var, g, beta,
-                                 b * n_rows // n_blocks, (b + 1) * n_rows // n_blocks)
-
-
-@jit_parallel
-def elbo_gaussian_loss_grads_kernel_parallel(elbo, dmean, ddec_logvar_partial, dmu, dlogvar, x,
-                                             mean, mu, logvar, dec_logvar, inv_var, g, beta):
-    # elbo (N,) float64; dmean (N, D); ddec_logvar_partial (B, D) float64, zeroed; dmu, dlogvar,
-    # mu, logvar (N, L); x, mean (N, D); dec_logvar (D,); inv_var (D,) float64
-    n_rows, n_blocks = x.shape[0], ddec_logvar_partial.shape[0]
-    for b in prange(n_blocks):
         elbo_gaussian_grads_rows(elbo, dmean, ddec_logvar_partial[b], dmu, dlogvar, x, mean, mu,
                                  logvar, dec_logvar, inv_var, g, beta,
                                  b * n_rows // n_blocks, (b + 1) * n_rows // n_blocks)
@@ -230,10 +211,6 @@ def elbo_gaussian_loss_grads_tiles(counter, n_tiles, elbo, dmean, ddec_logvar_pa
         last = fetch_add(counter, 1, 1) == n_tiles - 1
 
 
-def _run(n_tiles, tile_loop, *args):
-    with _threads.cpu_work():
-        _threads.current_pool().run(_threads.Phase(n_tiles,
-                                           lambda counter, n: tile_loop(counter, n, *args)))
 
 
 def elbo_loss_and_grads(x, dec_out, mu, logvar, likelihood="bernoulli", dec_logvar=None,
@@ -250,11 +227,11 @@ def elbo_loss_and_grads(x, dec_out, mu, logvar, likelihood="bernoulli", dec_logv
     elbo = np.empty(n)   # float64: the loss is summed in float64
     ddec_out, dmu, dlogvar = np.empty_like(dec_out), np.empty_like(mu), np.empty_like(logvar)
     if likelihood == "bernoulli":
-        _run(-(-n // ROW_TILE), elbo_bernoulli_loss_grads_tiles, elbo, ddec_out, dmu, dlogvar, x,
-             dec_out, mu, logvar, g, beta, ROW_TILE)
+        run_tiles(-(-n // ROW_TILE), elbo_bernoulli_loss_grads_tiles, elbo, ddec_out, dmu,
+                  dlogvar, x, dec_out, mu, logvar, g, beta, ROW_TILE)
         return -float(elbo.sum()) / n, (ddec_out, dmu, dlogvar)
     partial = np.zeros((row_blocks(n), x.shape[1]))
-    _run(partial.shape[0], elbo_gaussian_loss_grads_tiles, elbo, ddec_out, partial, dmu, dlogvar,
-         x, dec_out, mu, logvar, dec_logvar, gaussian_inv_var(dec_logvar), g, beta)
+    run_tiles(partial.shape[0], elbo_gaussian_loss_grads_tiles, elbo, ddec_out, partial, dmu,
+              dlogvar, x, dec_out, mu, logvar, dec_logvar, gaussian_inv_var(dec_logvar), g, beta)
     ddec_logvar = (-0.5 * partial.sum(axis=0)).astype(dec_logvar.dtype)
     return -float(elbo.sum()) / n, (ddec_out, dmu, dlogvar, ddec_logvar)
