@@ -24,6 +24,14 @@ def _on_gpu(arrays):
     return kinds == {True}
 
 
+def same_device(name, a, forward, forward_on_gpu):
+    """Refuse a gradient that is not on the device where its forward ran."""
+    if _is_cupy(a) != forward_on_gpu:
+        where, kind = ("a CUDA device", "NumPy") if forward_on_gpu else ("the CPU", "CuPy")
+        raise TypeError(f"{name} is a {kind} array, but {forward} ran on {where}; move {name} "
+                        f"there first (cupy.asarray / cupy.asnumpy)")
+
+
 def backend_module(stem, arrays):
     """The backend module ``fastvae.<cpu|cuda>.<stem>`` for the array types of ``arrays``."""
     if _on_gpu(arrays):

@@ -300,9 +300,10 @@ class VAE:
         save(self, path)
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path, device="cpu"):
+        """The model of checkpoint ``path``, with its optimizer state, on ``device``."""
         from .checkpoint import load
-        return load(path)
+        return load(path, device=device)
 
     def config(self):
         return dict(input_dim=self.input_dim, hidden_dims=list(self.hidden_dims),

@@ -61,6 +61,8 @@ def _upstream(name, dout, cache, op):
                                                      if isinstance(cache, Cache) else ""))
     dims = tuple(f"n{i}" for i in range(len(cache.out_shape)))
     (dout,) = check.float_arrays({name: (dout, dims)}, dtype=cache.dtype)
+    on_gpu = cache.module.__name__.startswith("fastvae.cuda.")
+    check.same_device(name, dout, f"{op}_forward", on_gpu)
     if tuple(dout.shape) != cache.out_shape:
         raise ValueError(f"{name} must have the forward output's shape {cache.out_shape}, got "
                          f"{tuple(dout.shape)}")

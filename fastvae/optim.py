@@ -120,6 +120,7 @@ class Adam:
                       settings["eps"])
         except TypeError as e:     # a setting of the wrong type, e.g. a string
             raise ValueError(f"optimizer setting: {e}") from None
-        opt.m[...], opt.v[...] = m, v
+        xp = model.k.xp   # CuPy refuses a NumPy array assigned into a device array
+        opt.m[...], opt.v[...] = xp.asarray(m, opt.m.dtype), xp.asarray(v, opt.v.dtype)
         opt.step = int(step)
         return opt

@@ -1,7 +1,10 @@
 """Session set-up for the whole test suite."""
+import functools
 import pathlib
 import subprocess
 import sys
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -13,3 +16,19 @@ def pytest_sessionstart(session):
                          capture_output=True, text=True)
     if run.returncode:
         raise RuntimeError(f"tests/warm_numba_cache.py failed:\n{run.stdout}\n{run.stderr}")
+
+
+@functools.lru_cache(maxsize=None)
+def gpu_unavailable_reason():
+    """None where CuPy runs a kernel on a CUDA device, else why not (read once per session,
+    before any test installs tests/gpu/standin_cupy.py as ``cupy``)."""
+    from fastvae.bench.timing import gpu_unavailable_reason as reason
+    return reason()
+
+
+def pytest_runtest_setup(item):
+    """Tests marked ``gpu`` skip, with the reason, where there is no CUDA device."""
+    if item.get_closest_marker("gpu") is not None:
+        reason = gpu_unavailable_reason()
+        if reason:
+            pytest.skip(reason)

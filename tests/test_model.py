@@ -322,7 +322,9 @@ def test_cuda_device_without_a_gpu_fails_clearly_and_to_cpu_round_trips():
         has_gpu = cupy.cuda.is_available()
     except ImportError:
         has_gpu = False
-    if not has_gpu:
+    if has_gpu:   # the model on the GPU itself: tests/gpu/test_model_gpu.py
+        assert VAE(12, (5,), 2, device="cuda").to("cpu").device == "cpu"
+    else:
         with pytest.raises(RuntimeError, match="device='cuda' needs"):
             VAE(12, (5,), 2, device="cuda")
     model = _model(dtype="float32", D=12, L=2)

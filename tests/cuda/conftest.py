@@ -77,26 +77,6 @@ def host_cuda(request, monkeypatch):
         yield request.param
 
 
-def gpu_unavailable_reason():
-    try:
-        import cupy
-    except ImportError:
-        return "CuPy is not installed (pip install 'fastvae[cuda]')"
-    try:
-        if not cupy.cuda.is_available():
-            return "no CUDA GPU/driver available (cupy.cuda.is_available() is False)"
-    except Exception as e:   # noqa: BLE001 - a broken driver install must skip, not error
-        return f"CUDA unavailable: {e}"
-    return None
-
-
-def pytest_runtest_setup(item):
-    if item.get_closest_marker("gpu") is not None:
-        reason = gpu_unavailable_reason()
-        if reason:
-            pytest.skip(reason)
-
-
 @pytest.fixture
 def cp():
     """The cupy module, for tests marked gpu."""
