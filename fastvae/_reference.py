@@ -14,6 +14,7 @@ Conventions, shared with ``fastvae.ops`` and every backend:
 import numpy as np
 
 LOG_2PI = float(np.log(2.0 * np.pi))
+LIKELIHOODS = ("bernoulli", "gaussian")
 ACTIVATIONS = ("identity", "relu", "tanh", "softplus", "sigmoid")
 
 

@@ -8,25 +8,15 @@ import numbers
 
 import numpy as np
 
+from ._device import is_device_array, on_gpu
+from ._device import xp as array_module_of
+
 FLOAT_DTYPES = (np.float32, np.float64)
-
-
-def _is_cupy(a):
-    return type(a).__module__.split(".")[0] == "cupy"
-
-
-def _on_gpu(arrays):
-    """True if the arrays are CuPy arrays, False if not; refuses a mix of the two."""
-    kinds = {_is_cupy(a) for a in arrays if a is not None}
-    if len(kinds) > 1:
-        raise TypeError("cannot mix CuPy and NumPy arrays in one call; move them to one device "
-                        "first (cupy.asarray / cupy.asnumpy)")
-    return kinds == {True}
 
 
 def same_device(name, a, forward, forward_on_gpu):
     """Refuse a gradient that is not on the device where its forward ran."""
-    if _is_cupy(a) != forward_on_gpu:
+    if is_device_array(a) != forward_on_gpu:
         where, kind = ("a CUDA device", "NumPy") if forward_on_gpu else ("the CPU", "CuPy")
         raise TypeError(f"{name} is a {kind} array, but {forward} ran on {where}; move {name} "
                         f"there first (cupy.asarray / cupy.asnumpy)")
@@ -34,7 +24,7 @@ def same_device(name, a, forward, forward_on_gpu):
 
 def backend_module(stem, arrays):
     """The backend module ``fastvae.<cpu|cuda>.<stem>`` for the array types of ``arrays``."""
-    if _on_gpu(arrays):
+    if on_gpu(arrays):
         try:
             return importlib.import_module(f"fastvae.cuda.{stem}")
         except ModuleNotFoundError:
@@ -81,12 +71,8 @@ def float_arrays(spec, dtype=None):
                              f"dimension >= 1, got {tuple(a.shape)}")
         arrays[name] = a
     dtype = common_dtype(arrays.values()) if dtype is None else np.dtype(dtype)
-    xp = _array_module(arrays.values())
+    xp = array_module_of("cuda" if on_gpu(arrays.values()) else "cpu")
     return [xp.ascontiguousarray(a, dtype=dtype) for a in arrays.values()]
-
-
-def _array_module(arrays):
-    return importlib.import_module("cupy") if _on_gpu(arrays) else np
 
 
 def match_dims(**named_shapes):

@@ -24,9 +24,14 @@ import shutil
 import zipfile
 import zlib
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from ._backend import to_host
+from ._device import to_host
+from ._reference import ACTIVATIONS, LIKELIHOODS
+from .network import param_shapes
+from .optim import Adam
 
 FORMAT, VERSION = "fastvae-checkpoint", 1
 
@@ -259,8 +264,6 @@ def _field(ok, obj, key, what, expected, path):
 
 def _check_meta(meta, path, headers):
     """Validate meta against the schema; -> the parameter shapes the configuration implies."""
-    from .model import param_shapes
-
     if meta.get("format") != FORMAT or not _is_int(meta.get("version")) or \
             meta.get("version") != VERSION:
         raise CheckpointError(f"{path}: unsupported checkpoint format {meta.get('format')!r} "
@@ -282,9 +285,6 @@ def _check_meta(meta, path, headers):
 
 
 def _check_config(config, path):
-    from ._reference import ACTIVATIONS
-    from .model import LIKELIHOODS
-
     c = "meta['config']"
     _keys(config, c, CONFIG_KEYS, path)
     for key in ("input_dim", "latent_dim"):
@@ -385,31 +385,40 @@ def _check_values(arrays, path):
                               f"{int((v < 0).sum())} negative values")
 
 
-def load(path, device="cpu"):
-    """-> VAE with parameters, history and (if saved) optimizer state restored.
+@dataclass(frozen=True)
+class Saved:
+    """A validated checkpoint: its configuration (the network's keyword arguments), its arrays
+    ({key: NumPy array} in the layout above) and its parsed metadata."""
+    path: str
+    config: dict
+    arrays: dict
+    meta: dict
 
-    The file is validated first (``_read``): a malformed or inconsistent checkpoint raises
-    CheckpointError (a ValueError) naming the file, before the model is built. The optional
-    interrupted-epoch position and early-stopping best parameters are in ``model.resume_state``
-    ({"progress": dict or None, "best_params": array or None}), or None when neither is saved.
-    """
-    from .model import VAE
-    from .optim import Adam
 
+def read(path):
+    """The checkpoint at ``path``, validated (``_read``): a malformed or inconsistent file raises
+    CheckpointError (a ValueError) naming it, before anything is built."""
     path = os.fspath(path)
     arrays, meta = _read(path)
-    model = VAE(**meta["config"], device=device)
+    return Saved(path, meta["config"], arrays, meta)
+
+
+def restore(model, saved):
+    """Copy a checkpoint read by ``read`` into a model built from ``saved.config``: parameters,
+    history and (if saved) optimizer state. The optional interrupted-epoch position and
+    early-stopping best parameters go to ``model.resume_state`` ({"progress": dict or None,
+    "best_params": array or None}), or None when neither is saved. ``VAE.load`` does both."""
+    arrays, meta = saved.arrays, saved.meta
     for name in model.params:
         model.params[name] = arrays[f"params/{name}"]
     model.history = meta["history"]
     if meta["optimizer"] is not None:
         try:
-            model.optimizer_state = Adam.from_saved(model, meta["optimizer"],
+            model.optimizer_state = Adam.from_saved(model.params.flat, meta["optimizer"],
                                                     arrays["optimizer/m"], arrays["optimizer/v"])
         except ValueError as e:
-            raise CheckpointError(f"{path}: {e}") from None
+            raise CheckpointError(f"{saved.path}: {e}") from None
     best = arrays.get("train/best_params")
     progress = meta.get("progress")
     model.resume_state = None if best is None and progress is None else \
         {"progress": progress, "best_params": best}
-    return model

@@ -47,7 +47,7 @@ except ImportError:   # pragma: no cover - depends on the environment
         from None
 
 from . import _validate as check
-from ._backend import to_host
+from ._device import is_device_array, to_host
 from .eval import DEFAULT_MAX_PAIRS, rows_of
 from .eval import log_likelihood as _log_likelihood_local
 
@@ -108,7 +108,7 @@ def _worker_model(spec, device="cpu", gpu=None):
 def _block_log_likelihood(block, spec, K, seed, max_pairs, block_info=None):
     """One task: rows (n, D) of the data (NumPy or CuPy) -> their estimates (n,) float64."""
     first_row = block_info[0]["array-location"][0][0]
-    if type(block).__module__.split(".")[0] != "cupy":
+    if not is_device_array(block):
         return _log_likelihood_local(_worker_model(spec), block, K, seed, max_pairs,
                                      progress=False, first_row=first_row, name="data")
     import cupy

@@ -11,10 +11,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import _validate as check
-from ._backend import to_host
+from ._device import to_host
 from ._threads import cpu_work, ordered_map
 from .data import block_is_clean, raise_first_bad
-from .model import _repeat_rows
+from .network import repeat_rows
 
 # Decoder work per chunk: 4096 (x, z) pairs. For 784-400-20-400-784 in float32 that is 12.8 MB of
 # decoder output + 6.6 MB of hidden activations; the row state (m, s) is 16 bytes per example.
@@ -59,7 +59,7 @@ def _chunk(model, x, start, stop, name="x", first_row=0):
         host = np.ascontiguousarray(x[start:stop], dtype=model.dtype)
     if not block_is_clean(host, model.likelihood):
         _refuse(model, x, start, stop, host, name, first_row)
-    return model.k.xp.asarray(host)
+    return model.kernels.xp.asarray(host)
 
 
 def _refuse(model, x, start, stop, converted, name, first_row):
@@ -90,17 +90,15 @@ def _noise(model, seed, first_row, n_rows, K, first_k, n_k):
     assert n_rows == 1 or n_k == K
     L = model.latent_dim
     offset = (first_row * K + first_k) * L
-    return model.k.random.normal((n_rows, n_k, L), seed, offset, model.dtype)
+    return model.kernels.random.normal((n_rows, n_k, L), seed, offset, model.dtype)
 
 
 def _log_weights(model, x, mu, logvar, eps):
     """x (n, D), mu/logvar (n, L), eps (n, k, L) -> log w (n, k)."""
-    n, k, L = eps.shape
-    mu_rep, logvar_rep = mu.repeat(k, axis=0), logvar.repeat(k, axis=0)
-    z, _ = model.k.reparam.reparam_forward(mu_rep, logvar_rep, eps.reshape(n * k, L))
-    out, _ = model._decode(z)
-    logw, _ = model.k.iwae.log_weight_forward(x, out.reshape(n, k, -1), mu, logvar, eps,
-                                              model.likelihood, model._decoder_logvar())
+    n, k, _ = eps.shape
+    out = model.samples_forward(mu, logvar, eps)
+    logw, _ = model.kernels.iwae.log_weight_forward(x, out.reshape(n, k, -1), mu, logvar, eps,
+                                                    model.likelihood, model.decoder_logvar)
     return logw
 
 
@@ -151,10 +149,10 @@ def _log_likelihood_rows(model, x, start, stop, K, seed, first_row, max_pairs, n
     """log p(x_r) for rows start:stop of x -> float64 (n,). The K samples go through the decoder
     in chunks of at most max_pairs samples; the log-sum-exp states are merged in chunk order."""
     xc = _chunk(model, x, start, stop, name, first_row)
-    mu, logvar, _ = model._encode(xc)
-    lse = model.k.logsumexp
-    m = model.k.xp.full(len(xc), -np.inf, model.dtype)
-    s = model.k.xp.zeros(len(xc), model.dtype)
+    mu, logvar = model.encoder_forward(xc)
+    lse = model.kernels.logsumexp
+    m = model.kernels.xp.full(len(xc), -np.inf, model.dtype)
+    s = model.kernels.xp.zeros(len(xc), model.dtype)
     k_per_chunk = min(K, max_pairs)
     for k0 in range(0, K, k_per_chunk):
         n_k = min(k_per_chunk, K - k0)
@@ -182,15 +180,14 @@ def elbo(model, x, k=1, seed=None, batch_size=1024):
 
 
 def _elbo_chunk(model, x, eps):
-    n, k, L = eps.shape
-    mu, logvar, _ = model._encode(x)
-    mu_rep, logvar_rep = _repeat_rows(mu, k), _repeat_rows(logvar, k)
-    z, _ = model.k.reparam.reparam_forward(mu_rep, logvar_rep, eps.reshape(n * k, L))
-    out, _ = model._decode(z)
-    # _repeat_rows: no copy for k = 1 (x.repeat(1, axis=0) copied: ~40 ms of a 186 ms ELBO of
+    n, k, _ = eps.shape
+    mu, logvar = model.encoder_forward(x)
+    out = model.samples_forward(mu, logvar, eps)
+    # repeat_rows: no copy for k = 1 (x.repeat(1, axis=0) copied: ~40 ms of a 186 ms ELBO of
     # 10000 rows of 784, 10x the input check in _chunk; benchmarks/dev/input_check_cost.py)
-    per_pair, _ = model.k.elbo.elbo_forward(_repeat_rows(x, k), out, mu_rep, logvar_rep,
-                                            model.likelihood, model._decoder_logvar(), 1.0)
+    per_pair, _ = model.kernels.elbo.elbo_forward(
+        repeat_rows(x, k), out, repeat_rows(mu, k), repeat_rows(logvar, k), model.likelihood,
+        model.decoder_logvar, 1.0)
     return to_host(per_pair).reshape(n, k).astype(np.float64).mean(axis=1)
 
 

@@ -7,9 +7,9 @@ the same layout. Assigning an array to a name copies it into its view (same shap
 """
 from collections.abc import MutableMapping
 
-import importlib
-
 import numpy as np
+
+from ._device import array_module
 
 
 class ParamStore(MutableMapping):
@@ -37,7 +37,7 @@ class ParamStore(MutableMapping):
         if value.dtype.kind != "f":
             raise TypeError(f"params[{name!r}] must be a floating array, got {value.dtype}")
         view = self._views[name]
-        view[...] = value if type(value) is type(view) else _array_module(view).asarray(value)
+        view[...] = value if type(value) is type(view) else array_module(view).asarray(value)
 
     def __delitem__(self, name):
         raise TypeError("parameters cannot be removed; the architecture fixes them")
@@ -54,10 +54,5 @@ class ParamStore(MutableMapping):
 
     def zeros_like(self):
         """A store of the same layout, filled with zeros (gradients, optimizer moments)."""
-        return ParamStore(self.shapes, self.flat.dtype, _array_module(self.flat))
+        return ParamStore(self.shapes, self.flat.dtype, array_module(self.flat))
 
-
-def _array_module(a):
-    """numpy for NumPy arrays, cupy for CuPy arrays."""
-    return np if isinstance(a, np.ndarray) else importlib.import_module(
-        type(a).__module__.split(".")[0])

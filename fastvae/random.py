@@ -33,6 +33,7 @@ import operator
 
 import numpy as np
 
+from fastvae import _device
 from fastvae.cpu import random as _cpu
 
 __all__ = ["philox4x32_10", "normal", "uniform"]
@@ -102,12 +103,11 @@ def philox4x32_10(counters, key):
     return _cpu.philox4x32_10(counters, key)
 
 
-def _backend(device):
+def _kernels_of(device):
     if device == "cpu":
         return _cpu
     if device == "cuda":
-        from fastvae._backend import kernels
-        return kernels("cuda").random   # clear RuntimeError without CuPy or a GPU
+        return _device.kernels("cuda").random   # clear RuntimeError without CuPy or a GPU
     raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
 
 
@@ -122,7 +122,7 @@ def normal(shape, seed, offset=0, dtype=np.float32, device="cpu"):
     another dtype. device "cuda" returns a CuPy array.
     """
     shape, seed, offset, dtype = _check_stream(shape, seed, offset, dtype)
-    return _backend(device).normal(shape, seed, offset, dtype)
+    return _kernels_of(device).normal(shape, seed, offset, dtype)
 
 
 def uniform(shape, seed, offset=0, dtype=np.float32, device="cpu"):
@@ -134,4 +134,4 @@ def uniform(shape, seed, offset=0, dtype=np.float32, device="cpu"):
     uniforms that ``normal`` transforms, four per block.
     """
     shape, seed, offset, dtype = _check_stream(shape, seed, offset, dtype)
-    return _backend(device).uniform(shape, seed, offset, dtype)
+    return _kernels_of(device).uniform(shape, seed, offset, dtype)

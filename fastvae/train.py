@@ -99,7 +99,7 @@ def fit(model, x, epochs=None, batch_size=128, lr=1e-3, validation_data=None, be
     if binarize == "fixed":
         x = _binarized(np.asarray(x, dtype=model.dtype), opts, epoch=-2)
     if model.optimizer_state is None:
-        model.optimizer_state = Adam(model, lr)
+        model.optimizer_state = Adam(model.params.flat, lr)
     model.optimizer_state.lr = check.real_scalar("lr", lr, low=0.0, low_inclusive=False)
     model.optimizer_state.params_changed()   # the caller may have set parameters since
     with _signals_stop_training() as received, cpu_work(model.device):
@@ -115,29 +115,30 @@ def fit(model, x, epochs=None, batch_size=128, lr=1e-3, validation_data=None, be
     return model.history
 
 
-def _check_options(model, o):
-    seed = model.seed if o["seed"] is None else check.integer("seed", o["seed"], 0, 2 ** 63 - 1)
-    if o["binarize"] not in BINARIZE:
-        raise ValueError(f"binarize must be one of {BINARIZE}, got {o['binarize']!r}")
-    if o["binarize"] and model.likelihood != "bernoulli":
+def _check_options(model, args):
+    seed = args["seed"]
+    seed = model.seed if seed is None else check.integer("seed", seed, 0, 2 ** 63 - 1)
+    if args["binarize"] not in BINARIZE:
+        raise ValueError(f"binarize must be one of {BINARIZE}, got {args['binarize']!r}")
+    if args["binarize"] and model.likelihood != "bernoulli":
         raise ValueError("binarize only applies to likelihood='bernoulli'")
-    objective = check.choice("objective", o["objective"], ("elbo", "iwae"))
-    beta = check.real_scalar("beta", o["beta"], low=0.0)
-    if objective == "iwae" and (beta != 1.0 or o["warmup_epochs"]):
+    objective = check.choice("objective", args["objective"], ("elbo", "iwae"))
+    beta = check.real_scalar("beta", args["beta"], low=0.0)
+    if objective == "iwae" and (beta != 1.0 or args["warmup_epochs"]):
         raise ValueError("beta and warmup_epochs apply to objective='elbo' only")
-    patience = o["early_stopping_patience"]
+    patience = args["early_stopping_patience"]
     if patience is not None:
         patience = check.integer("early_stopping_patience", patience, 1)
-        if o["validation_data"] is None:
+        if args["validation_data"] is None:
             raise ValueError("early_stopping_patience needs validation_data")
-    every = o["checkpoint_every"]
+    every = args["checkpoint_every"]
     if every is not None:
         every = check.integer("checkpoint_every", every, 1)
-    return dict(seed=seed, batch_size=check.integer("batch_size", o["batch_size"], 1),
-                k=check.integer("k", o["k"], 1), objective=objective, beta=beta,
-                warmup_epochs=check.real_scalar("warmup_epochs", o["warmup_epochs"], low=0.0),
-                binarize=o["binarize"], patience=patience, progress=o["progress"],
-                checkpoint=o["checkpoint"], checkpoint_every=every)
+    return dict(seed=seed, batch_size=check.integer("batch_size", args["batch_size"], 1),
+                k=check.integer("k", args["k"], 1), objective=objective, beta=beta,
+                warmup_epochs=check.real_scalar("warmup_epochs", args["warmup_epochs"], low=0.0),
+                binarize=args["binarize"], patience=patience, progress=args["progress"],
+                checkpoint=args["checkpoint"], checkpoint_every=every)
 
 
 def _target_epochs(model, epochs, total_epochs):
@@ -184,7 +185,7 @@ class _Loop:
     seconds) and the early-stopping state, both saved in checkpoints."""
 
     def __init__(self, model, x, val, opts, received_signals):
-        self.model, self.x, self.val, self.o = model, x, val, opts
+        self.model, self.x, self.val, self.opts = model, x, val, opts
         self.signals = received_signals
         self.grads = model.params.zeros_like()
         self.opt = model.optimizer_state
@@ -202,7 +203,7 @@ class _Loop:
         self.best_params = None   # tracked with early stopping only
         if patience is not None:
             best = saved.get("best_params")
-            self.best_params = model.k.xp.array(model.params.flat if best is None else best,
+            self.best_params = model.kernels.xp.array(model.params.flat if best is None else best,
                                                 dtype=model.dtype)
 
     def _resumed_position(self, progress):
@@ -215,7 +216,7 @@ class _Loop:
         if progress["step_in_epoch"] == 0:
             return 0, 0.0, 0.0
         saved = {key: progress[key] for key in ("rows", "batch_size", "seed")}
-        now = dict(rows=self.n, batch_size=self.o["batch_size"], seed=self.o["seed"])
+        now = dict(rows=self.n, batch_size=self.opts["batch_size"], seed=self.opts["seed"])
         if saved != now or progress["epoch"] != len(self.model.history) + 1:
             raise ValueError(
                 f"training stopped at epoch {progress['epoch']}, step "
@@ -228,7 +229,7 @@ class _Loop:
         """The position and early-stopping count as saved (the keys of PROGRESS_KEYS)."""
         return dict(epoch=len(self.model.history) + 1, step_in_epoch=self.done,
                     steps_in_epoch=self.steps, loss_sum=self.loss_sum, seconds=self.seconds,
-                    rows=self.n, batch_size=self.o["batch_size"], seed=self.o["seed"],
+                    rows=self.n, batch_size=self.opts["batch_size"], seed=self.opts["seed"],
                     bad_epochs=self.bad_epochs)
 
     def resume_state(self):
@@ -242,7 +243,7 @@ class _Loop:
         """Record the state in model.resume_state and write the checkpoint, if fit has a path;
         first: also check that its folder has room for two (the probe before step 1)."""
         self.model.resume_state = self.resume_state()
-        path = self.o["checkpoint"]
+        path = self.opts["checkpoint"]
         if path is None:
             return
         try:
@@ -276,12 +277,12 @@ class _Loop:
                 self.best_params[...] = self.model.params.flat
             return False
         self.bad_epochs += 1
-        return self.o["patience"] is not None and self.bad_epochs >= self.o["patience"]
+        return self.opts["patience"] is not None and self.bad_epochs >= self.opts["patience"]
 
     def stop_if_signalled(self):
         if not self.signals:
             return
-        name, epoch, path = self.signals[0], len(self.model.history) + 1, self.o["checkpoint"]
+        name, epoch, path = self.signals[0], len(self.model.history) + 1, self.opts["checkpoint"]
         raise TrainingInterrupted(
             f"{name}: training stopped at epoch {epoch}, step {self.done} of {self.steps}" +
             (f"; checkpoint {os.fspath(path)}" if path is not None else ""),
@@ -289,19 +290,19 @@ class _Loop:
 
     def epoch(self, target):
         """Run the epoch in progress from batch self.done on; -> its history record."""
-        o, n, e, size = self.o, self.n, len(self.model.history), self.o["batch_size"]
-        order = np.random.default_rng([o["seed"], 5, e]).permutation(n)
+        opts, n, e, size = self.opts, self.n, len(self.model.history), self.opts["batch_size"]
+        order = np.random.default_rng([opts["seed"], 5, e]).permutation(n)
         start = time.perf_counter() - self.seconds
         with tqdm(total=self.steps, initial=self.done, desc=f"epoch {e + 1}/{target}",
                   unit="batch", leave=False,
-                  disable=None if o["progress"] is None else not o["progress"]) as bar:
+                  disable=None if opts["progress"] is None else not opts["progress"]) as bar:
             for b in range(self.done, self.steps):
                 self.stop_if_signalled()
                 rows = order[b * size:(b + 1) * size]
                 loss = self.step(self._batch(rows, e, b), e + b * size / n)
                 self.done, self.loss_sum = b + 1, self.loss_sum + loss * len(rows)
                 self.seconds = time.perf_counter() - start
-                if o["checkpoint_every"] and self.opt.step % o["checkpoint_every"] == 0:
+                if opts["checkpoint_every"] and self.opt.step % opts["checkpoint_every"] == 0:
                     self.checkpoint()
                 bar.update()
                 if self.done % 20 == 0:
@@ -310,7 +311,7 @@ class _Loop:
         record = dict(epoch=e + 1, loss=self.loss_sum / n, seconds=self.seconds,
                       samples_per_s=n / self.seconds, beta=self.beta(e + 1), val_elbo=None)
         if self.val is not None:
-            record["val_elbo"] = float(np.mean(self.model.elbo(self.val, seed=o["seed"] + 3)))
+            record["val_elbo"] = float(np.mean(self.model.elbo(self.val, seed=opts["seed"] + 3)))
         self.done, self.loss_sum, self.seconds = 0, 0.0, 0.0
         return record
 
@@ -321,19 +322,19 @@ class _Loop:
         else:
             xb = self.x[rows]
         xb = np.ascontiguousarray(xb, dtype=self.model.dtype)
-        if self.o["binarize"] == "dynamic":
-            xb = bernoulli_draws(xb, np.random.default_rng([self.o["seed"], 6, epoch, b]))
-        return self.model.k.xp.asarray(xb)   # the one host-to-device copy of a step (GPU)
+        if self.opts["binarize"] == "dynamic":
+            xb = bernoulli_draws(xb, np.random.default_rng([self.opts["seed"], 6, epoch, b]))
+        return self.model.kernels.xp.asarray(xb)   # the one host-to-device copy of a step (GPU)
 
     def beta(self, epoch_progress):
-        warm = self.o["warmup_epochs"]
-        return self.o["beta"] * (min(1.0, epoch_progress / warm) if warm else 1.0)
+        warm = self.opts["warmup_epochs"]
+        return self.opts["beta"] * (min(1.0, epoch_progress / warm) if warm else 1.0)
 
     def step(self, xb, epoch_progress):
         """One Adam step on the batch; raises TrainingDiverged, leaving the state as it was."""
-        o = self.o
-        return train_step(self.model, self.opt, xb, self.grads, seed=o["seed"],
-                          batch_size=o["batch_size"], k=o["k"], objective=o["objective"],
+        opts = self.opts
+        return train_step(self.model, self.opt, xb, self.grads, seed=opts["seed"],
+                          batch_size=opts["batch_size"], k=opts["k"], objective=opts["objective"],
                           beta=self.beta(epoch_progress), epoch=int(epoch_progress) + 1)
 
 
@@ -356,10 +357,11 @@ def train_step(model, opt, xb, grads, *, seed, batch_size, k=1, objective="elbo"
     """
     t = opt.step
     shape = (len(xb), k, model.latent_dim)
-    eps = model.k.random.normal(shape, seed, t * batch_size * k * model.latent_dim, model.dtype)
-    loss = model._loss_and_grads_into(xb, eps, grads, objective, beta)
+    offset = t * batch_size * k * model.latent_dim
+    eps = model.kernels.random.normal(shape, seed, offset, model.dtype)
+    loss = model.loss_and_grads_into(xb, eps, grads, objective, beta)
     where = f"step {t + 1}" + ("" if epoch is None else f" (epoch {epoch})")
-    grad_abs_sum = model.k.adam.abs_sum(grads.flat)   # NaN/Inf if any gradient is
+    grad_abs_sum = model.kernels.adam.abs_sum(grads.flat)   # NaN/Inf if any gradient is
     if not (math.isfinite(loss) and math.isfinite(grad_abs_sum)):
         raise TrainingDiverged(
             f"training diverged at {where}: loss = {loss}, gradient sum = "

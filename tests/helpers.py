@@ -1,4 +1,5 @@
-"""Shared checks: the three-way tolerance of DESIGN.md and central finite differences."""
+"""Shared checks: the three-way tolerance (a float32 result against the float32 and float64
+references, ``assert_close3``) and central finite differences."""
 import numpy as np
 
 

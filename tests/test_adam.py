@@ -175,7 +175,7 @@ def test_adam_update_never_lands_a_non_finite_step(dtype):
     from fastvae.model import VAE
     from fastvae.optim import Adam
     model = VAE(13, (7,), 3, dtype=dtype, seed=1)
-    opt = Adam(model)
+    opt = Adam(model.params.flat)
     rng = np.random.default_rng(13)
     refused = 0
     for lr, scale in _overflow_cases(np.dtype(dtype)) * 3:

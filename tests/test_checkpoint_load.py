@@ -10,9 +10,12 @@ import zipfile
 import numpy as np
 import pytest
 
-from fastvae.checkpoint import CheckpointError, load
-from fastvae.model import VAE, param_shapes
+from fastvae.checkpoint import CheckpointError
+from fastvae.model import VAE
+from fastvae.network import param_shapes
 from fastvae.optim import Adam
+
+load = VAE.load   # the loader every test below calls
 
 
 @pytest.fixture(scope="module")
@@ -349,4 +352,4 @@ def test_adam_from_saved_refuses_bad_state_as_value_error(settings, m, v, messag
         np.full(size, m, np.float32)
     v = np.full(size, v, np.float32)
     with pytest.raises(ValueError, match=message):
-        Adam.from_saved(model, settings, m, v)
+        Adam.from_saved(model.params.flat, settings, m, v)

@@ -66,7 +66,8 @@ def test_forward_partial_backward(shape):
     check3(_fast_grad, _ref_grad, [a, dlse], name="da")
 
 
-@pytest.mark.parametrize("k, repeat", [(97, 1), (97, 60), (700, 1)])   # 60: the parallel kernels
+# 60: the parallel kernels; 2500: three blocks of fastvae/cpu/logsumexp.py's SUM_BLOCK (1024)
+@pytest.mark.parametrize("k, repeat", [(97, 1), (97, 60), (700, 1), (2500, 1)])
 def test_special_rows(k, repeat):
     rng = np.random.default_rng(repeat + k)
     a, names = extreme_matrix(k, rng, repeat)

@@ -270,7 +270,7 @@ def test_ten_training_steps_match_the_reference_step_by_step():
     moments = {n: (np.zeros_like(p), np.zeros_like(p)) for n, p in slow.items()}
     holder = _model("bernoulli", hidden=(24,), activation="relu", dtype="float64", D=30, L=4)
     from fastvae.optim import Adam
-    opt = Adam(fast, lr=1e-2)
+    opt = Adam(fast.params.flat, lr=1e-2)
     for step in range(1, 11):
         x = (rng.random((16, 30)) < 0.4).astype(np.float32)
         eps = fv.random.normal((16, 4), seed=5, offset=step * 64)

@@ -2,7 +2,7 @@
 PyTorch's own autograd of the same formulas (values and gradients), gradcheck, and a tiny VAE
 trained with either loss.
 
-float32 checks use DESIGN.md's three-way tolerance: fastvae in float32 against torch's autograd in
+float32 checks use the three-way tolerance of tests/helpers.py: fastvae in float32 against torch's autograd in
 float64, allowed twice the error of torch's own autograd in float32.
 """
 import math

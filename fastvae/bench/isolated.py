@@ -29,7 +29,7 @@ STARTUP = {
         from fastvae.train import train_step
         t1 = time.perf_counter()
         model = fastvae.VAE(784, (400,), 20, seed=0, dtype="float32")
-        opt, grads = Adam(model, 1e-3), model.params.zeros_like()
+        opt, grads = Adam(model.params.flat, 1e-3), model.params.zeros_like()
         x = (np.random.default_rng(0).random((128, 784)) < 0.3).astype(np.float32)
         t2 = time.perf_counter()
         with cpu_work(model.device):

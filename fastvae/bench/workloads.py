@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import fastvae
-from fastvae import _backend, ops
+from fastvae import _device, ops
 from fastvae._threads import cpu_work
 from fastvae.optim import Adam
 from fastvae.train import train_step
@@ -74,9 +74,9 @@ def fastvae_train_step(arch, xb, device="cpu"):
     """One ``train_step`` (what ``fit`` runs per batch: Philox noise, forward, backward,
     finiteness checks, fused Adam), inside ``cpu_work`` as ``fit`` runs it."""
     model = fastvae_model(arch, device)
-    opt = Adam(model, LR)
+    opt = Adam(model.params.flat, LR)
     grads = model.params.zeros_like()
-    xb = model.k.xp.asarray(np.ascontiguousarray(xb, dtype=np.float32))
+    xb = model.kernels.xp.asarray(np.ascontiguousarray(xb, dtype=np.float32))
     batch = len(xb)
 
     def step():
@@ -129,7 +129,7 @@ def _on_model_threads(fn):
 
 
 def _close(got, want, what):
-    got, want = _backend.to_host(got), np.asarray(want)
+    got, want = _device.to_host(got), np.asarray(want)
     scale = float(np.abs(want).max()) + 1.0
     if not np.allclose(got, want, rtol=1e-3, atol=1e-4 * scale):
         raise AssertionError(f"{what}: fastvae and NumPy disagree (max |diff| "
