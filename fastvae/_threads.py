@@ -86,11 +86,38 @@ _cpu_count = []
 
 
 def set_num_threads(n):
-    """Use n worker threads for CPU work from now on (None: back to the default)."""
+    """Use n threads for CPU work from now on (None: back to the default): the pool's, and
+    Numba's for the row-parallel kernels of ``fastvae.ops``."""
     global _override
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
         raise ValueError(f"n must be a positive int or None, got {n!r}")
     _override = n
+    import numba
+    numba.set_num_threads(min(num_threads(), numba.config.NUMBA_NUM_THREADS))
+
+
+def start_numba_threads():
+    """Start Numba's thread pool with OpenMP's passive wait policy (called once, by
+    fastvae/cpu/_numba.py, before any kernel runs).
+
+    Numba's parallel kernels run on its OpenMP layer (GNU libgomp here), whose idle threads spin
+    by default. Between GEMMs, and whenever the machine holds more busy threads than cores,
+    those spinning threads steal the cores the GEMMs need. A training step (784-400-20, batch
+    128, float32, 2 threads, benchmarks/dev/omp_wait_policy.py, same run, other jobs loading the
+    machine to a load average of 3): default wait policy 8.7 ms/step in one round and 68 ms
+    median (min 8.9) in the next; OMP_WAIT_POLICY=PASSIVE 8.8 and 9.0 ms. Passive costs nothing
+    measurable when the machine is idle and removes the collapse. libgomp reads the variable
+    once, when Numba's thread pool starts, so it is set only for that moment (unless the user
+    chose a policy) and then removed, so that it does not reach other OpenMP runtimes loaded
+    later in the process (PyTorch's own)."""
+    if "OMP_WAIT_POLICY" in os.environ:
+        return
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        from numba.np.ufunc import parallel
+        parallel._launch_threads()
+    finally:
+        del os.environ["OMP_WAIT_POLICY"]
 
 
 def pool():

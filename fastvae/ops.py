@@ -49,6 +49,15 @@ class Cache:
     saved: Any
 
 
+def _inputs(stem, spec):
+    """Check and convert the named arrays of ``spec`` ({name: (value, dims)}, dims such as
+    ("N", "D"); equal letters must agree) -> (the backend module of ``stem`` for their device,
+    the arrays in spec order)."""
+    arrays = check.float_arrays(spec)
+    check.match_dims(**{name: (a, spec[name][1]) for name, a in zip(spec, arrays)})
+    return check.backend_module(stem, arrays), arrays
+
+
 def _cached(module, op, out, saved):
     return out, Cache(module, op, tuple(out.shape), out.dtype, saved)
 
@@ -80,9 +89,8 @@ def dense_forward(x, W, b, activation="identity"):
     {"identity", "relu", "tanh", "softplus", "sigmoid"}.
     """
     check.choice("activation", activation, ACTIVATIONS)
-    x, W, b = check.float_arrays({"x": (x, ("N", "I")), "W": (W, ("I", "O")), "b": (b, ("O",))})
-    check.match_dims(x=(x, ("N", "I")), W=(W, ("I", "O")), b=(b, ("O",)))
-    module = check.backend_module("dense", (x, W, b))
+    module, (x, W, b) = _inputs("dense", {"x": (x, ("N", "I")), "W": (W, ("I", "O")),
+                                          "b": (b, ("O",))})
     y, saved = module.dense_forward(x, W, b, activation)
     return _cached(module, "dense", y, saved)
 
@@ -110,12 +118,10 @@ def reparam_forward(mu, logvar, eps=None, *, seed=None, offset=0):
     spec = {"mu": (mu, ("N", "L")), "logvar": (logvar, ("N", "L"))}
     if eps is not None:
         spec["eps"] = (eps, ("N", "L"))
-    arrays = check.float_arrays(spec)
-    check.match_dims(**{name: (a, spec[name][1]) for name, a in zip(spec, arrays)})
+    module, arrays = _inputs("reparam", spec)
     if seed is not None:
         seed = check.integer("seed", seed, 0, 2 ** 64 - 1)
         offset = check.integer("offset", offset, 0, 2 ** 62 - 1)   # int64 indices in kernels
-    module = check.backend_module("reparam", arrays)
     mu, logvar, eps = (arrays + [None])[:3]
     z, saved = module.reparam_forward(mu, logvar, eps, seed=seed, offset=offset)
     return _cached(module, "reparam", z, saved)
@@ -134,9 +140,7 @@ def reparam_backward(dz, cache):
 @takes_foreign_arrays
 def kl_forward(mu, logvar):
     """Per-row ``KL(N(mu, exp(logvar)) || N(0, I))``. mu, logvar (N, L) -> (N,)."""
-    mu, logvar = check.float_arrays({"mu": (mu, ("N", "L")), "logvar": (logvar, ("N", "L"))})
-    check.match_dims(mu=(mu, ("N", "L")), logvar=(logvar, ("N", "L")))
-    module = check.backend_module("kl", (mu, logvar))
+    module, (mu, logvar) = _inputs("kl", {"mu": (mu, ("N", "L")), "logvar": (logvar, ("N", "L"))})
     return _cached(module, "kl", *module.kl_forward(mu, logvar))
 
 
@@ -153,9 +157,8 @@ def bernoulli_loglik_forward(x, logits):
 
     x (N, D) in [0, 1] (not checked here; the model checks its data), logits (N, D) -> (N,).
     """
-    x, logits = check.float_arrays({"x": (x, ("N", "D")), "logits": (logits, ("N", "D"))})
-    check.match_dims(x=(x, ("N", "D")), logits=(logits, ("N", "D")))
-    module = check.backend_module("loglik", (x, logits))
+    module, (x, logits) = _inputs("loglik", {"x": (x, ("N", "D")),
+                                             "logits": (logits, ("N", "D"))})
     return _cached(module, "bernoulli_loglik", *module.bernoulli_loglik_forward(x, logits))
 
 
@@ -172,10 +175,8 @@ def gaussian_loglik_forward(x, mean, logvar):
 
     x, mean (N, D); logvar (D,) -> (N,).
     """
-    spec = {"x": (x, ("N", "D")), "mean": (mean, ("N", "D")), "logvar": (logvar, ("D",))}
-    x, mean, logvar = check.float_arrays(spec)
-    check.match_dims(x=(x, ("N", "D")), mean=(mean, ("N", "D")), logvar=(logvar, ("D",)))
-    module = check.backend_module("loglik", (x, mean, logvar))
+    module, (x, mean, logvar) = _inputs("loglik", {
+        "x": (x, ("N", "D")), "mean": (mean, ("N", "D")), "logvar": (logvar, ("D",))})
     return _cached(module, "gaussian_loglik", *module.gaussian_loglik_forward(x, mean, logvar))
 
 
@@ -194,10 +195,8 @@ def _elbo_inputs(x, dec_out, mu, logvar, likelihood, dec_logvar, beta):
     spec = {"x": (x, ("N", "D")), "dec_out": (dec_out, ("N", "D")),
             "mu": (mu, ("N", "L")), "logvar": (logvar, ("N", "L"))}
     _add_dec_logvar(spec, likelihood, dec_logvar)
-    arrays = check.float_arrays(spec)
-    check.match_dims(**{name: (a, spec[name][1]) for name, a in zip(spec, arrays)})
+    module, arrays = _inputs("elbo", spec)
     beta = check.real_scalar("beta", beta, low=0.0)
-    module = check.backend_module("elbo", arrays)
     return module, (arrays + [None])[:5], beta
 
 
@@ -245,19 +244,13 @@ def elbo_loss_and_grads(x, dec_out, mu, logvar, *, likelihood="bernoulli", dec_l
 # ---------------------------------------------------------------------------------------------
 # logsumexp (one-shot and streaming)
 # ---------------------------------------------------------------------------------------------
-def _rows_of_k(name, a):
-    (a,) = check.float_arrays({name: (a, ("N", "K"))})
-    return a
-
-
 @takes_foreign_arrays
 def logsumexp_forward(a):
     """``log sum_k exp(a_nk)`` over the last axis. a (N, K), K >= 1 -> (N,).
 
     An all -inf row gives -inf; a row holding +inf gives +inf; NaN gives NaN.
     """
-    a = _rows_of_k("a", a)
-    module = check.backend_module("logsumexp", (a,))
+    module, (a,) = _inputs("logsumexp", {"a": (a, ("N", "K"))})
     return _cached(module, "logsumexp", *module.logsumexp_forward(a))
 
 
@@ -274,25 +267,23 @@ def logsumexp_partial(a):
     ``m = max_k a_nk``, ``s = sum_k exp(a_nk - m)``. Merge states with ``logsumexp_merge`` and
     finish with ``logsumexp_finalize``; the result equals ``logsumexp_forward`` on the whole axis.
     """
-    a = _rows_of_k("a", a)
-    return check.backend_module("logsumexp", (a,)).logsumexp_partial(a)
+    module, (a,) = _inputs("logsumexp", {"a": (a, ("N", "K"))})
+    return module.logsumexp_partial(a)
 
 
 @takes_foreign_arrays
 def logsumexp_merge(m1, s1, m2, s2):
     """Merge two streaming states (each (N,)) -> (m, s)."""
     spec = {name: (a, ("N",)) for name, a in zip(("m1", "s1", "m2", "s2"), (m1, s1, m2, s2))}
-    arrays = check.float_arrays(spec)
-    check.match_dims(**{name: (a, ("N",)) for name, a in zip(spec, arrays)})
-    return check.backend_module("logsumexp", arrays).logsumexp_merge(*arrays)
+    module, arrays = _inputs("logsumexp", spec)
+    return module.logsumexp_merge(*arrays)
 
 
 @takes_foreign_arrays
 def logsumexp_finalize(m, s):
     """A streaming state (m, s), each (N,) -> lse (N,) = m + log s."""
-    m, s = check.float_arrays({"m": (m, ("N",)), "s": (s, ("N",))})
-    check.match_dims(m=(m, ("N",)), s=(s, ("N",)))
-    return check.backend_module("logsumexp", (m, s)).logsumexp_finalize(m, s)
+    module, (m, s) = _inputs("logsumexp", {"m": (m, ("N",)), "s": (s, ("N",))})
+    return module.logsumexp_finalize(m, s)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,8 +295,7 @@ def iwae_forward(logw):
 
     logw (N, K), K >= 1 -> (N,).
     """
-    logw = _rows_of_k("logw", logw)
-    module = check.backend_module("iwae", (logw,))
+    module, (logw,) = _inputs("iwae", {"logw": (logw, ("N", "K"))})
     return _cached(module, "iwae", *module.iwae_forward(logw))
 
 
@@ -329,9 +319,7 @@ def log_weight_forward(x, dec_out, mu, logvar, eps, *, likelihood="bernoulli",
             "mu": (mu, ("N", "L")), "logvar": (logvar, ("N", "L")),
             "eps": (eps, ("N", "K", "L"))}
     _add_dec_logvar(spec, likelihood, dec_logvar)
-    arrays = check.float_arrays(spec)
-    check.match_dims(**{name: (a, spec[name][1]) for name, a in zip(spec, arrays)})
-    module = check.backend_module("iwae", arrays)
+    module, arrays = _inputs("iwae", spec)
     x, dec_out, mu, logvar, eps, dec_logvar = (arrays + [None])[:6]
     logw, saved = module.log_weight_forward(x, dec_out, mu, logvar, eps, likelihood, dec_logvar)
     return _cached(module, "log_weight", logw, saved)

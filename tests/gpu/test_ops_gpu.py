@@ -140,11 +140,15 @@ def _log_weights():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_logsumexp_forward_and_backward(dev, dtype):
-    def run(a, dlse):
-        lse, cache = ops.logsumexp_forward(a)
-        return lse, ops.logsumexp_backward(dlse, cache)
-    assert_matches_cpu(dev, run, (_log_weights(), _normal(N)), dtype, name="logsumexp")
+@pytest.mark.parametrize("op", ["logsumexp", "iwae"])
+def test_row_reductions_forward_and_backward(dev, op, dtype):
+    """logsumexp, and the IWAE estimate with its normalized weights, over rows of K."""
+    forward, backward = getattr(ops, f"{op}_forward"), getattr(ops, f"{op}_backward")
+
+    def run(a, dout):
+        out, cache = forward(a)
+        return out, backward(dout, cache)
+    assert_matches_cpu(dev, run, (_log_weights(), _normal(N)), dtype, name=op)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -155,14 +159,6 @@ def test_streaming_logsumexp_over_two_chunks(dev, dtype):
         m, s = ops.logsumexp_merge(m1, s1, m2, s2)
         return m, s, ops.logsumexp_finalize(m, s)
     assert_matches_cpu(dev, run, (_log_weights(),), dtype, name="streaming logsumexp")
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_iwae_estimate_and_weights(dev, dtype):
-    def run(logw, dest):
-        est, cache = ops.iwae_forward(logw)
-        return est, ops.iwae_backward(dest, cache)
-    assert_matches_cpu(dev, run, (_log_weights(), _normal(N)), dtype, name="iwae")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
