@@ -1,5 +1,6 @@
 // adam.cu: one fused, in-place Adam step (Kingma & Ba 2015, with bias correction).
-// Launcher: fastvae/cuda/adam.py (block size, grid, dtype dispatch, checks). CPU twin: fastvae/cpu/adam.py.
+// Launcher: fastvae/cuda/adam.py (block size, grid, dtype dispatch, checks).
+// CPU twin: fastvae/cpu/adam.py.
 //
 //     m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2
 //     param <- param - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
@@ -10,11 +11,11 @@
 #include "common.cuh"
 
 // math: fastvae/_reference.py::adam_update
-template <typename T>
-__device__ __forceinline__ void adam_kernel(T* __restrict__ param, T* __restrict__ m,
-                                            T* __restrict__ v, const T* __restrict__ grad,
-                                            T lr, T b1, T c1, T b2, T c2, T eps,
-                                            T inv_bc1, T inv_bc2, long long n) {
+FV_KERNEL_F32_F64(adam_kernel,
+                  (T* __restrict__ param, T* __restrict__ m, T* __restrict__ v,
+                   const T* __restrict__ grad, T lr, T b1, T c1, T b2, T c2, T eps, T inv_bc1,
+                   T inv_bc2, long long n),
+                  (param, m, v, grad, lr, b1, c1, b2, c2, eps, inv_bc1, inv_bc2, n)) {
     // param, m, v (n,) updated in place; grad (n,); c1 = 1 - b1, c2 = 1 - b2
     for (long long i = fv_global_index(); i < n; i += fv_grid_stride()) {
         const T g = grad[i];
@@ -24,18 +25,4 @@ __device__ __forceinline__ void adam_kernel(T* __restrict__ param, T* __restrict
         v[i] = vi;
         param[i] = param[i] - lr * (mi * inv_bc1) / (fv_sqrt(vi * inv_bc2) + eps);
     }
-}
-
-extern "C" __global__ void adam_kernel_f32(float* __restrict__ param, float* __restrict__ m,
-                                           float* __restrict__ v, const float* __restrict__ grad,
-                                           float lr, float b1, float c1, float b2, float c2,
-                                           float eps, float inv_bc1, float inv_bc2, long long n) {
-    adam_kernel(param, m, v, grad, lr, b1, c1, b2, c2, eps, inv_bc1, inv_bc2, n);
-}
-
-extern "C" __global__ void adam_kernel_f64(double* __restrict__ param, double* __restrict__ m,
-                                           double* __restrict__ v, const double* __restrict__ grad,
-                                           double lr, double b1, double c1, double b2, double c2,
-                                           double eps, double inv_bc1, double inv_bc2, long long n) {
-    adam_kernel(param, m, v, grad, lr, b1, c1, b2, c2, eps, inv_bc1, inv_bc2, n);
 }

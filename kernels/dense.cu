@@ -21,7 +21,7 @@
 
 // act(a). math: fastvae/_reference.py::_activate
 template <int ACT, typename T> __device__ __forceinline__ T dense_act(T a) {
-    if (ACT == DENSE_RELU) return (a <= T(0)) ? T(0) : a;   // NaN stays NaN (a > 0 ? a : 0 drops it)
+    if (ACT == DENSE_RELU) return (a <= T(0)) ? T(0) : a;   // NaN stays (a > 0 ? a : 0 drops it)
     if (ACT == DENSE_TANH) return fv_tanh(a);
     if (ACT == DENSE_SOFTPLUS) return fv_softplus(a);
     if (ACT == DENSE_SIGMOID) return fv_sigmoid(a);
@@ -56,9 +56,9 @@ __device__ __forceinline__ void bias_act_flat(T* __restrict__ y, const T* __rest
 
 // math: fastvae/_reference.py::dense_forward (after the GEMM). y (N, O) in place, b (O,).
 // The activation switch is outside the element loop (one loop per activation).
-template <typename T>
-__device__ __forceinline__ void dense_bias_act_kernel(T* __restrict__ y, const T* __restrict__ b,
-                                                      int act, long long N, int O) {
+FV_KERNEL_F32_F64(dense_bias_act_kernel,
+                  (T* __restrict__ y, const T* __restrict__ b, int act, long long N, int O),
+                  (y, b, act, N, O)) {
     const long long n = N * O;
     switch (act) {
         case DENSE_RELU: bias_act_flat<DENSE_RELU>(y, b, n, O); break;
@@ -75,7 +75,8 @@ __device__ __forceinline__ void dense_bias_act_kernel(T* __restrict__ y, const T
 // Each thread sums its column over its rows in float64 (for float32 too, as the CPU kernel: one
 // DADD per element, hidden behind the 3 memory words even at 1/64 FP64 rate); the blockDim.y
 // thread sums of a column are added by the threadIdx.y == 0 warp through shared memory (the
-// partners are in different warps, so shuffles do not apply) in slot order -> partial[blockIdx.y, j].
+// partners are in different warps, so shuffles do not apply) in slot order
+// -> partial[blockIdx.y, j].
 // The multiplications keep a NaN/Inf dy as NaN where act' = 0 (like the reference).
 template <int ACT, typename T>
 __device__ __forceinline__ void act_grad_rows(T* __restrict__ da, double* __restrict__ partial,
@@ -85,7 +86,8 @@ __device__ __forceinline__ void act_grad_rows(T* __restrict__ da, double* __rest
     double acc = 0.0;
     if (j < O) {
         const long long row_stride = (long long)gridDim.y * blockDim.y;
-        for (long long i = (long long)blockIdx.y * blockDim.y + threadIdx.y; i < N; i += row_stride) {
+        for (long long i = (long long)blockIdx.y * blockDim.y + threadIdx.y; i < N;
+             i += row_stride) {
             const long long k = i * O + j;
             const T g = dy[k] * dense_act_grad<ACT>(y[k]);
             if (ACT != DENSE_IDENTITY) da[k] = g;   // identity: da is dy, never written
@@ -102,13 +104,12 @@ __device__ __forceinline__ void act_grad_rows(T* __restrict__ da, double* __rest
 }
 
 // math: fastvae/_reference.py::dense_backward (da, and db's per-block partial sums).
-// da, dy, y (N, O); partial (R, O) float64, R = gridDim.y; colsum: __shared__ double[32][32]
-// (blockDim.x == 32, blockDim.y <= 32).
-template <typename T>
-__device__ __forceinline__ void dense_act_grad_kernel(T* __restrict__ da, double* __restrict__ partial,
-                                                      const T* __restrict__ dy,
-                                                      const T* __restrict__ y, int act,
-                                                      long long N, int O, double (*colsum)[32]) {
+// da, dy, y (N, O); partial (R, O) float64, R = gridDim.y; blockDim.x == 32, blockDim.y <= 32.
+FV_KERNEL_F32_F64(dense_act_grad_kernel,
+                  (T* __restrict__ da, double* __restrict__ partial, const T* __restrict__ dy,
+                   const T* __restrict__ y, int act, long long N, int O),
+                  (da, partial, dy, y, act, N, O)) {
+    __shared__ double colsum[32][32];
     switch (act) {
         case DENSE_RELU: act_grad_rows<DENSE_RELU>(da, partial, dy, y, N, O, colsum); break;
         case DENSE_TANH: act_grad_rows<DENSE_TANH>(da, partial, dy, y, N, O, colsum); break;
@@ -121,55 +122,12 @@ __device__ __forceinline__ void dense_act_grad_kernel(T* __restrict__ da, double
 // math: fastvae/_reference.py::dense_backward (db = sum_n da). db (O,), partial (R, O) float64:
 // db[j] = sum_r partial[r, j], r in order (deterministic), rounded once to T. Threads over columns:
 // consecutive threads read consecutive partials (coalesced).
-template <typename T>
-__device__ __forceinline__ void dense_bias_grad_kernel(T* __restrict__ db,
-                                                       const double* __restrict__ partial, int R,
-                                                       int O) {
+FV_KERNEL_F32_F64(dense_bias_grad_kernel,
+                  (T* __restrict__ db, const double* __restrict__ partial, int R, int O),
+                  (db, partial, R, O)) {
     for (long long j = fv_global_index(); j < O; j += fv_grid_stride()) {
         double s = 0.0;
         for (int r = 0; r < R; r++) s += partial[(long long)r * O + j];
         db[j] = (T)s;
     }
-}
-
-extern "C" __global__ void dense_bias_act_kernel_f32(float* __restrict__ y,
-                                                     const float* __restrict__ b, int act,
-                                                     long long N, int O) {
-    dense_bias_act_kernel(y, b, act, N, O);
-}
-
-extern "C" __global__ void dense_bias_act_kernel_f64(double* __restrict__ y,
-                                                     const double* __restrict__ b, int act,
-                                                     long long N, int O) {
-    dense_bias_act_kernel(y, b, act, N, O);
-}
-
-extern "C" __global__ void dense_act_grad_kernel_f32(float* __restrict__ da,
-                                                     double* __restrict__ partial,
-                                                     const float* __restrict__ dy,
-                                                     const float* __restrict__ y, int act,
-                                                     long long N, int O) {
-    __shared__ double colsum[32][32];
-    dense_act_grad_kernel(da, partial, dy, y, act, N, O, colsum);
-}
-
-extern "C" __global__ void dense_act_grad_kernel_f64(double* __restrict__ da,
-                                                     double* __restrict__ partial,
-                                                     const double* __restrict__ dy,
-                                                     const double* __restrict__ y, int act,
-                                                     long long N, int O) {
-    __shared__ double colsum[32][32];
-    dense_act_grad_kernel(da, partial, dy, y, act, N, O, colsum);
-}
-
-extern "C" __global__ void dense_bias_grad_kernel_f32(float* __restrict__ db,
-                                                      const double* __restrict__ partial, int R,
-                                                      int O) {
-    dense_bias_grad_kernel(db, partial, R, O);
-}
-
-extern "C" __global__ void dense_bias_grad_kernel_f64(double* __restrict__ db,
-                                                      const double* __restrict__ partial, int R,
-                                                      int O) {
-    dense_bias_grad_kernel(db, partial, R, O);
 }

@@ -1,5 +1,6 @@
 // iwae.cu: the fused log importance weights and their backward.
-// Launcher: fastvae/cuda/iwae.py (which also holds iwae_forward/backward over kernels/logsumexp.cu).
+// Launcher: fastvae/cuda/iwae.py (which also holds iwae_forward/backward over
+// kernels/logsumexp.cu).
 // CPU twin: fastvae/cpu/iwae.py.
 //
 //     logw_nk = log p(x_n | z_nk) + log p(z_nk) - log q(z_nk | x_n),  z_nk = mu_n + sigma_n eps_nk
@@ -40,13 +41,14 @@ template <typename T> __device__ __forceinline__ T gaussian_term(T x, T m, T iv)
 }
 
 // math: fastvae/_reference.py::log_weight_forward
-template <typename T>
-__device__ __forceinline__ void log_weight_forward_kernel(
-        T* __restrict__ logw, const T* __restrict__ x, const T* __restrict__ dec_out,
-        const T* __restrict__ mu, const T* __restrict__ logvar, const double* __restrict__ sigma,
-        const T* __restrict__ eps, const T* __restrict__ inv_var,
-        const double* __restrict__ gauss_const, int gaussian, long long n, long long k, long long d,
-        long long l) {
+FV_KERNEL_F32_F64(log_weight_forward_kernel,
+                  (T* __restrict__ logw, const T* __restrict__ x, const T* __restrict__ dec_out,
+                   const T* __restrict__ mu, const T* __restrict__ logvar,
+                   const double* __restrict__ sigma, const T* __restrict__ eps,
+                   const T* __restrict__ inv_var, const double* __restrict__ gauss_const,
+                   int gaussian, long long n, long long k, long long d, long long l),
+                  (logw, x, dec_out, mu, logvar, sigma, eps, inv_var, gauss_const, gaussian, n, k,
+                   d, l)) {
     // logw (N, K); x (N, D); dec_out (N, K, D); mu, logvar (N, L); sigma (N, L) double;
     // eps (N, K, L); inv_var (D,) (Gaussian; unused for Bernoulli); gauss_const (1,) double
     const int lane = threadIdx.x & 31;
@@ -58,9 +60,11 @@ __device__ __forceinline__ void log_weight_forward_kernel(
         const T* l_row = dec_out + p * d;
         T block = T(0);
         if (gaussian) {
-            for (long long j = lane; j < d; j += FV_WARP) block += gaussian_term(x_row[j], l_row[j], inv_var[j]);
+            for (long long j = lane; j < d; j += FV_WARP)
+                block += gaussian_term(x_row[j], l_row[j], inv_var[j]);
         } else {
-            for (long long j = lane; j < d; j += FV_WARP) block += bernoulli_term(x_row[j], l_row[j]);
+            for (long long j = lane; j < d; j += FV_WARP)
+                block += bernoulli_term(x_row[j], l_row[j]);
         }
         double acc = 0.0;                   // sum_l z^2 - logvar - eps^2, double
         for (long long t = lane; t < l; t += FV_WARP) {
@@ -74,12 +78,14 @@ __device__ __forceinline__ void log_weight_forward_kernel(
     }
 }
 
-// math: fastvae/_reference.py::log_weight_backward (ddec_out, and the Gaussian ddec_logvar partials)
-template <typename T>
-__device__ __forceinline__ void log_weight_backward_dec_kernel(
-        T* __restrict__ ddec_out, double* __restrict__ dlv_blocks, const T* __restrict__ dlogw,
-        const T* __restrict__ x, const T* __restrict__ dec_out, const T* __restrict__ inv_var,
-        int gaussian, long long n, long long k, long long d) {
+// math: fastvae/_reference.py::log_weight_backward
+// (ddec_out, and the Gaussian ddec_logvar partials)
+FV_KERNEL_F32_F64(log_weight_backward_dec_kernel,
+                  (T* __restrict__ ddec_out, double* __restrict__ dlv_blocks,
+                   const T* __restrict__ dlogw, const T* __restrict__ x,
+                   const T* __restrict__ dec_out, const T* __restrict__ inv_var, int gaussian,
+                   long long n, long long k, long long d),
+                  (ddec_out, dlv_blocks, dlogw, x, dec_out, inv_var, gaussian, n, k, d)) {
     // ddec_out, dec_out (N, K, D); dlv_blocks (B, D) double, B = gridDim.x (Gaussian; block b
     // writes row b: sum over its pairs of dlogw (1 - (x - m)^2 inv_var)); dlogw (N, K); x (N, D)
     const long long n_pairs = n * k, b = blockIdx.x;
@@ -109,11 +115,11 @@ __device__ __forceinline__ void log_weight_backward_dec_kernel(
 }
 
 // math: fastvae/_reference.py::log_weight_backward (dmu, dlogvar)
-template <typename T>
-__device__ __forceinline__ void log_weight_backward_latent_kernel(
-        T* __restrict__ dmu, T* __restrict__ dlogvar, const T* __restrict__ dlogw,
-        const T* __restrict__ mu, const double* __restrict__ sigma, const T* __restrict__ eps,
-        long long n, long long k, long long l) {
+FV_KERNEL_F32_F64(log_weight_backward_latent_kernel,
+                  (T* __restrict__ dmu, T* __restrict__ dlogvar, const T* __restrict__ dlogw,
+                   const T* __restrict__ mu, const double* __restrict__ sigma,
+                   const T* __restrict__ eps, long long n, long long k, long long l),
+                  (dmu, dlogvar, dlogw, mu, sigma, eps, n, k, l)) {
     // dmu, dlogvar, mu (N, L); sigma (N, L) double; dlogw (N, K); eps (N, K, L)
     // dmu = -sum_k g z; dlogvar = sum_k g (1/2 - z eps sigma / 2); one warp per (n, l)
     const int lane = threadIdx.x & 31;
@@ -136,52 +142,4 @@ __device__ __forceinline__ void log_weight_backward_latent_kernel(
             dlogvar[q] = (T)acc_lv;
         }
     }
-}
-
-// ---- extern "C" wrappers -------------------------------------------------------------------------
-extern "C" __global__ void log_weight_forward_kernel_f32(
-        float* __restrict__ logw, const float* __restrict__ x, const float* __restrict__ dec_out,
-        const float* __restrict__ mu, const float* __restrict__ logvar,
-        const double* __restrict__ sigma, const float* __restrict__ eps,
-        const float* __restrict__ inv_var, const double* __restrict__ gauss_const, int gaussian,
-        long long n, long long k, long long d, long long l) {
-    log_weight_forward_kernel(logw, x, dec_out, mu, logvar, sigma, eps, inv_var, gauss_const,
-                              gaussian, n, k, d, l);
-}
-extern "C" __global__ void log_weight_forward_kernel_f64(
-        double* __restrict__ logw, const double* __restrict__ x, const double* __restrict__ dec_out,
-        const double* __restrict__ mu, const double* __restrict__ logvar,
-        const double* __restrict__ sigma, const double* __restrict__ eps,
-        const double* __restrict__ inv_var, const double* __restrict__ gauss_const, int gaussian,
-        long long n, long long k, long long d, long long l) {
-    log_weight_forward_kernel(logw, x, dec_out, mu, logvar, sigma, eps, inv_var, gauss_const,
-                              gaussian, n, k, d, l);
-}
-
-extern "C" __global__ void log_weight_backward_dec_kernel_f32(
-        float* __restrict__ ddec_out, double* __restrict__ dlv_blocks,
-        const float* __restrict__ dlogw, const float* __restrict__ x,
-        const float* __restrict__ dec_out, const float* __restrict__ inv_var, int gaussian,
-        long long n, long long k, long long d) {
-    log_weight_backward_dec_kernel(ddec_out, dlv_blocks, dlogw, x, dec_out, inv_var, gaussian, n, k, d);
-}
-extern "C" __global__ void log_weight_backward_dec_kernel_f64(
-        double* __restrict__ ddec_out, double* __restrict__ dlv_blocks,
-        const double* __restrict__ dlogw, const double* __restrict__ x,
-        const double* __restrict__ dec_out, const double* __restrict__ inv_var, int gaussian,
-        long long n, long long k, long long d) {
-    log_weight_backward_dec_kernel(ddec_out, dlv_blocks, dlogw, x, dec_out, inv_var, gaussian, n, k, d);
-}
-
-extern "C" __global__ void log_weight_backward_latent_kernel_f32(
-        float* __restrict__ dmu, float* __restrict__ dlogvar, const float* __restrict__ dlogw,
-        const float* __restrict__ mu, const double* __restrict__ sigma,
-        const float* __restrict__ eps, long long n, long long k, long long l) {
-    log_weight_backward_latent_kernel(dmu, dlogvar, dlogw, mu, sigma, eps, n, k, l);
-}
-extern "C" __global__ void log_weight_backward_latent_kernel_f64(
-        double* __restrict__ dmu, double* __restrict__ dlogvar, const double* __restrict__ dlogw,
-        const double* __restrict__ mu, const double* __restrict__ sigma,
-        const double* __restrict__ eps, long long n, long long k, long long l) {
-    log_weight_backward_latent_kernel(dmu, dlogvar, dlogw, mu, sigma, eps, n, k, l);
 }

@@ -1,8 +1,9 @@
-// logsumexp.cu: log-sum-exp over the last axis, one-shot and streaming (partial / merge / finalize),
-// and its backward (the softmax times the upstream gradient).
+// logsumexp.cu: log-sum-exp over the last axis, one-shot and streaming (partial / merge /
+// finalize), and its backward (the softmax times the upstream gradient).
 // Launcher: fastvae/cuda/logsumexp.py. CPU twin: fastvae/cpu/logsumexp.py.
 //
-//     lse_n = log sum_k exp(a_nk) = m_n + log s_n,   m_n = max_k a_nk,   s_n = sum_k exp(a_nk - m_n)
+//     lse_n = log sum_k exp(a_nk) = m_n + log s_n,   m_n = max_k a_nk,
+//     s_n = sum_k exp(a_nk - m_n)
 //
 // Special rows exactly as fastvae/_reference.py: all -inf -> (m, s) = (-inf, 0) -> lse -inf;
 // holding +inf -> (+inf, 1) -> +inf; holding NaN -> (NaN, NaN) -> NaN.
@@ -17,9 +18,9 @@
 // float64) plus an L1/L2 re-read; backward reads a, writes da (8 B / 16 B), dlse and lse per row.
 //
 // Numerics: each thread sums its strided terms in T, then the block adds the per-thread sums as a
-// tree (warp butterfly, then across warps): error O((K / blockDim + log2 blockDim) eps), e.g. 20 + 8
-// roundings for K = 5000 and 256 threads. m + log s is formed in double and rounded once to T (one
-// per row, as the CPU kernel). The merge works in double, as the CPU kernel.
+// tree (warp butterfly, then across warps): error O((K / blockDim + log2 blockDim) eps), e.g.
+// 20 + 8 roundings for K = 5000 and 256 threads. m + log s is formed in double and rounded once to
+// T (one per row, as the CPU kernel). The merge works in double, as the CPU kernel.
 #include "common.cuh"
 
 // The streaming state (m, s) of the row a_row[0:k], in every thread of the block. Every thread
@@ -42,11 +43,13 @@ __device__ __forceinline__ void row_state(T& m_out, T& s_out, const T* __restric
     s_out = s;
 }
 
-template <typename T>
-__device__ __forceinline__ void logsumexp_partial_kernel(T* __restrict__ m, T* __restrict__ s,
-                                                         const T* __restrict__ a, int n,
-                                                         long long k, T* scratch) {
+// math: fastvae/_reference.py::logsumexp_partial
+FV_KERNEL_F32_F64(logsumexp_partial_kernel,
+                  (T* __restrict__ m, T* __restrict__ s, const T* __restrict__ a, int n,
+                   long long k),
+                  (m, s, a, n, k)) {
     // m, s (N,); a (N, K). One block per row (grid-stride over rows: block-uniform loop).
+    __shared__ T scratch[32];
     for (int i = blockIdx.x; i < n; i += gridDim.x) {
         T mi, si;
         row_state(mi, si, a + (long long)i * k, k, scratch);
@@ -58,10 +61,11 @@ __device__ __forceinline__ void logsumexp_partial_kernel(T* __restrict__ m, T* _
 }
 
 // math: fastvae/_reference.py::logsumexp_forward
-template <typename T>
-__device__ __forceinline__ void logsumexp_forward_kernel(T* __restrict__ lse, const T* __restrict__ a,
-                                                         int n, long long k, T* scratch) {
+FV_KERNEL_F32_F64(logsumexp_forward_kernel,
+                  (T* __restrict__ lse, const T* __restrict__ a, int n, long long k),
+                  (lse, a, n, k)) {
     // lse (N,); a (N, K). One block per row.
+    __shared__ T scratch[32];
     for (int i = blockIdx.x; i < n; i += gridDim.x) {
         T mi, si;
         row_state(mi, si, a + (long long)i * k, k, scratch);
@@ -71,12 +75,10 @@ __device__ __forceinline__ void logsumexp_forward_kernel(T* __restrict__ lse, co
 }
 
 // math: fastvae/_reference.py::logsumexp_backward
-template <typename T>
-__device__ __forceinline__ void logsumexp_backward_kernel(T* __restrict__ da,
-                                                          const T* __restrict__ dlse,
-                                                          const T* __restrict__ a,
-                                                          const T* __restrict__ lse, long long n,
-                                                          long long k) {
+FV_KERNEL_F32_F64(logsumexp_backward_kernel,
+                  (T* __restrict__ da, const T* __restrict__ dlse, const T* __restrict__ a,
+                   const T* __restrict__ lse, long long n, long long k),
+                  (da, dlse, a, lse, n, k)) {
     // da, a (N, K); dlse, lse (N,). Elementwise over the N K entries (grid-stride): K may be small.
     for (long long idx = fv_global_index(); idx < n * k; idx += fv_grid_stride()) {
         const long long i = idx / k;
@@ -87,12 +89,11 @@ __device__ __forceinline__ void logsumexp_backward_kernel(T* __restrict__ da,
 }
 
 // math: fastvae/_reference.py::logsumexp_merge
-template <typename T>
-__device__ __forceinline__ void logsumexp_merge_kernel(T* __restrict__ m, T* __restrict__ s,
-                                                       const T* __restrict__ m1,
-                                                       const T* __restrict__ s1,
-                                                       const T* __restrict__ m2,
-                                                       const T* __restrict__ s2, long long n) {
+FV_KERNEL_F32_F64(logsumexp_merge_kernel,
+                  (T* __restrict__ m, T* __restrict__ s, const T* __restrict__ m1,
+                   const T* __restrict__ s1, const T* __restrict__ m2, const T* __restrict__ s2,
+                   long long n),
+                  (m, s, m1, s1, m2, s2, n)) {
     // m, s, m1, s1, m2, s2 (N,); double arithmetic, as the CPU kernel
     for (long long i = fv_global_index(); i < n; i += fv_grid_stride()) {
         const double a1 = (double)m1[i], a2 = (double)m2[i];
@@ -106,79 +107,11 @@ __device__ __forceinline__ void logsumexp_merge_kernel(T* __restrict__ m, T* __r
 }
 
 // math: fastvae/_reference.py::logsumexp_finalize
-template <typename T>
-__device__ __forceinline__ void logsumexp_finalize_kernel(T* __restrict__ lse,
-                                                          const T* __restrict__ m,
-                                                          const T* __restrict__ s, long long n) {
+FV_KERNEL_F32_F64(logsumexp_finalize_kernel,
+                  (T* __restrict__ lse, const T* __restrict__ m, const T* __restrict__ s,
+                   long long n),
+                  (lse, m, s, n)) {
     // lse, m, s (N,)
     for (long long i = fv_global_index(); i < n; i += fv_grid_stride())
         lse[i] = (T)((double)m[i] + log((double)s[i]));
-}
-
-// ---- extern "C" wrappers -------------------------------------------------------------------------
-extern "C" __global__ void logsumexp_partial_kernel_f32(float* __restrict__ m, float* __restrict__ s,
-                                                        const float* __restrict__ a, int n,
-                                                        long long k) {
-    __shared__ float scratch[32];
-    logsumexp_partial_kernel(m, s, a, n, k, scratch);
-}
-extern "C" __global__ void logsumexp_partial_kernel_f64(double* __restrict__ m, double* __restrict__ s,
-                                                        const double* __restrict__ a, int n,
-                                                        long long k) {
-    __shared__ double scratch[32];
-    logsumexp_partial_kernel(m, s, a, n, k, scratch);
-}
-
-extern "C" __global__ void logsumexp_forward_kernel_f32(float* __restrict__ lse,
-                                                        const float* __restrict__ a, int n,
-                                                        long long k) {
-    __shared__ float scratch[32];
-    logsumexp_forward_kernel(lse, a, n, k, scratch);
-}
-extern "C" __global__ void logsumexp_forward_kernel_f64(double* __restrict__ lse,
-                                                        const double* __restrict__ a, int n,
-                                                        long long k) {
-    __shared__ double scratch[32];
-    logsumexp_forward_kernel(lse, a, n, k, scratch);
-}
-
-extern "C" __global__ void logsumexp_backward_kernel_f32(float* __restrict__ da,
-                                                         const float* __restrict__ dlse,
-                                                         const float* __restrict__ a,
-                                                         const float* __restrict__ lse, long long n,
-                                                         long long k) {
-    logsumexp_backward_kernel(da, dlse, a, lse, n, k);
-}
-extern "C" __global__ void logsumexp_backward_kernel_f64(double* __restrict__ da,
-                                                         const double* __restrict__ dlse,
-                                                         const double* __restrict__ a,
-                                                         const double* __restrict__ lse, long long n,
-                                                         long long k) {
-    logsumexp_backward_kernel(da, dlse, a, lse, n, k);
-}
-
-extern "C" __global__ void logsumexp_merge_kernel_f32(float* __restrict__ m, float* __restrict__ s,
-                                                      const float* __restrict__ m1,
-                                                      const float* __restrict__ s1,
-                                                      const float* __restrict__ m2,
-                                                      const float* __restrict__ s2, long long n) {
-    logsumexp_merge_kernel(m, s, m1, s1, m2, s2, n);
-}
-extern "C" __global__ void logsumexp_merge_kernel_f64(double* __restrict__ m, double* __restrict__ s,
-                                                      const double* __restrict__ m1,
-                                                      const double* __restrict__ s1,
-                                                      const double* __restrict__ m2,
-                                                      const double* __restrict__ s2, long long n) {
-    logsumexp_merge_kernel(m, s, m1, s1, m2, s2, n);
-}
-
-extern "C" __global__ void logsumexp_finalize_kernel_f32(float* __restrict__ lse,
-                                                         const float* __restrict__ m,
-                                                         const float* __restrict__ s, long long n) {
-    logsumexp_finalize_kernel(lse, m, s, n);
-}
-extern "C" __global__ void logsumexp_finalize_kernel_f64(double* __restrict__ lse,
-                                                         const double* __restrict__ m,
-                                                         const double* __restrict__ s, long long n) {
-    logsumexp_finalize_kernel(lse, m, s, n);
 }

@@ -30,9 +30,9 @@ extern "C" __global__ void philox_kernel(unsigned* __restrict__ out,
 
 // out (n,): out[j] = the standard normal of global index offset + j, computed in T.
 // math: fastvae/_reference.py::normal
-template <typename T>
-__device__ __forceinline__ void normal_fill_kernel(T* __restrict__ out, unsigned k0, unsigned k1,
-                                                   long long offset, long long n) {
+FV_KERNEL_F32_F64(normal_fill_kernel,
+                  (T* __restrict__ out, unsigned k0, unsigned k1, long long offset, long long n),
+                  (out, k0, k1, offset, n)) {
     const long long first_block = offset >> 2;
     const long long n_blocks = ((offset + n + 3) >> 2) - first_block;
     for (long long i = fv_global_index(); i < n_blocks; i += fv_grid_stride()) {
@@ -49,9 +49,9 @@ __device__ __forceinline__ void normal_fill_kernel(T* __restrict__ out, unsigned
 
 // out (n,): out[j] = uniform_from_bits(word (offset + j) % 4 of block (offset + j) / 4), exact in
 // float32 and float64 (the same value in both). math: fastvae/_reference.py::uniform_from_bits
-template <typename T>
-__device__ __forceinline__ void uniform_fill_kernel(T* __restrict__ out, unsigned k0, unsigned k1,
-                                                    long long offset, long long n) {
+FV_KERNEL_F32_F64(uniform_fill_kernel,
+                  (T* __restrict__ out, unsigned k0, unsigned k1, long long offset, long long n),
+                  (out, k0, k1, offset, n)) {
     const long long first_block = offset >> 2;
     const long long n_blocks = ((offset + n + 3) >> 2) - first_block;
     for (long long i = fv_global_index(); i < n_blocks; i += fv_grid_stride()) {
@@ -64,24 +64,4 @@ __device__ __forceinline__ void uniform_fill_kernel(T* __restrict__ out, unsigne
             if (j >= 0 && j < n) out[j] = (T)uniform_from_bits(fv_lane(w, lane));
         }
     }
-}
-
-extern "C" __global__ void normal_fill_kernel_f32(float* __restrict__ out, unsigned k0, unsigned k1,
-                                                  long long offset, long long n) {
-    normal_fill_kernel(out, k0, k1, offset, n);
-}
-
-extern "C" __global__ void normal_fill_kernel_f64(double* __restrict__ out, unsigned k0,
-                                                  unsigned k1, long long offset, long long n) {
-    normal_fill_kernel(out, k0, k1, offset, n);
-}
-
-extern "C" __global__ void uniform_fill_kernel_f32(float* __restrict__ out, unsigned k0,
-                                                   unsigned k1, long long offset, long long n) {
-    uniform_fill_kernel(out, k0, k1, offset, n);
-}
-
-extern "C" __global__ void uniform_fill_kernel_f64(double* __restrict__ out, unsigned k0,
-                                                   unsigned k1, long long offset, long long n) {
-    uniform_fill_kernel(out, k0, k1, offset, n);
 }

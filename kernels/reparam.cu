@@ -1,5 +1,6 @@
 // reparam.cu: reparameterized sampling z = mu + exp(logvar / 2) * eps and its backward.
-// Launcher: fastvae/cuda/reparam.py (grid, block, dtype dispatch). CPU twin: fastvae/cpu/reparam.py.
+// Launcher: fastvae/cuda/reparam.py (grid, block, dtype dispatch).
+// CPU twin: fastvae/cpu/reparam.py.
 //
 // All arrays are (N, L), C-contiguous, seen flat as (n,) = (N * L,): the work is balanced over
 // elements whatever L is (L = 20 would leave most of a row-per-block kernel idle).
@@ -17,10 +18,10 @@
 
 // z, mu, logvar, eps (n,): z = mu + exp(logvar / 2) eps.
 // math: fastvae/_reference.py::reparam_forward
-template <typename T>
-__device__ __forceinline__ void reparam_forward_kernel(T* __restrict__ z, const T* __restrict__ mu,
-                                                       const T* __restrict__ logvar,
-                                                       const T* __restrict__ eps, long long n) {
+FV_KERNEL_F32_F64(reparam_forward_kernel,
+                  (T* __restrict__ z, const T* __restrict__ mu, const T* __restrict__ logvar,
+                   const T* __restrict__ eps, long long n),
+                  (z, mu, logvar, eps, n)) {
     const T half = T(0.5);
     for (long long j = fv_global_index(); j < n; j += fv_grid_stride())
         z[j] = mu[j] + fv_exp(logvar[j] * half) * eps[j];
@@ -28,11 +29,10 @@ __device__ __forceinline__ void reparam_forward_kernel(T* __restrict__ z, const 
 
 // dmu, dlogvar, dz, logvar, eps (n,): dmu = dz; dlogvar = dz eps exp(logvar / 2) / 2.
 // math: fastvae/_reference.py::reparam_backward
-template <typename T>
-__device__ __forceinline__ void reparam_backward_kernel(T* __restrict__ dmu, T* __restrict__ dlogvar,
-                                                        const T* __restrict__ dz,
-                                                        const T* __restrict__ logvar,
-                                                        const T* __restrict__ eps, long long n) {
+FV_KERNEL_F32_F64(reparam_backward_kernel,
+                  (T* __restrict__ dmu, T* __restrict__ dlogvar, const T* __restrict__ dz,
+                   const T* __restrict__ logvar, const T* __restrict__ eps, long long n),
+                  (dmu, dlogvar, dz, logvar, eps, n)) {
     const T half = T(0.5);
     for (long long j = fv_global_index(); j < n; j += fv_grid_stride()) {
         dmu[j] = dz[j];
@@ -42,12 +42,10 @@ __device__ __forceinline__ void reparam_backward_kernel(T* __restrict__ dmu, T* 
 
 // z, mu, logvar (n,); eps[j] = the normal of global index offset + j under key (k0, k1).
 // math: fastvae/_reference.py::reparam_forward (noise: fastvae/_reference.py::normal)
-template <typename T>
-__device__ __forceinline__ void reparam_noise_forward_kernel(T* __restrict__ z,
-                                                             const T* __restrict__ mu,
-                                                             const T* __restrict__ logvar,
-                                                             unsigned k0, unsigned k1,
-                                                             long long offset, long long n) {
+FV_KERNEL_F32_F64(reparam_noise_forward_kernel,
+                  (T* __restrict__ z, const T* __restrict__ mu, const T* __restrict__ logvar,
+                   unsigned k0, unsigned k1, long long offset, long long n),
+                  (z, mu, logvar, k0, k1, offset, n)) {
     const T half = T(0.5);
     const long long first_block = offset >> 2;
     const long long n_blocks = ((offset + n + 3) >> 2) - first_block;
@@ -65,13 +63,11 @@ __device__ __forceinline__ void reparam_noise_forward_kernel(T* __restrict__ z,
 
 // dmu, dlogvar, dz, logvar (n,); the noise regenerated as in reparam_noise_forward_kernel.
 // math: fastvae/_reference.py::reparam_backward (noise: fastvae/_reference.py::normal)
-template <typename T>
-__device__ __forceinline__ void reparam_noise_backward_kernel(T* __restrict__ dmu,
-                                                              T* __restrict__ dlogvar,
-                                                              const T* __restrict__ dz,
-                                                              const T* __restrict__ logvar,
-                                                              unsigned k0, unsigned k1,
-                                                              long long offset, long long n) {
+FV_KERNEL_F32_F64(reparam_noise_backward_kernel,
+                  (T* __restrict__ dmu, T* __restrict__ dlogvar, const T* __restrict__ dz,
+                   const T* __restrict__ logvar, unsigned k0, unsigned k1, long long offset,
+                   long long n),
+                  (dmu, dlogvar, dz, logvar, k0, k1, offset, n)) {
     const T half = T(0.5);
     const long long first_block = offset >> 2;
     const long long n_blocks = ((offset + n + 3) >> 2) - first_block;
@@ -88,68 +84,4 @@ __device__ __forceinline__ void reparam_noise_backward_kernel(T* __restrict__ dm
             }
         }
     }
-}
-
-extern "C" __global__ void reparam_forward_kernel_f32(float* __restrict__ z,
-                                                      const float* __restrict__ mu,
-                                                      const float* __restrict__ logvar,
-                                                      const float* __restrict__ eps, long long n) {
-    reparam_forward_kernel(z, mu, logvar, eps, n);
-}
-
-extern "C" __global__ void reparam_forward_kernel_f64(double* __restrict__ z,
-                                                      const double* __restrict__ mu,
-                                                      const double* __restrict__ logvar,
-                                                      const double* __restrict__ eps, long long n) {
-    reparam_forward_kernel(z, mu, logvar, eps, n);
-}
-
-extern "C" __global__ void reparam_backward_kernel_f32(float* __restrict__ dmu,
-                                                       float* __restrict__ dlogvar,
-                                                       const float* __restrict__ dz,
-                                                       const float* __restrict__ logvar,
-                                                       const float* __restrict__ eps, long long n) {
-    reparam_backward_kernel(dmu, dlogvar, dz, logvar, eps, n);
-}
-
-extern "C" __global__ void reparam_backward_kernel_f64(double* __restrict__ dmu,
-                                                       double* __restrict__ dlogvar,
-                                                       const double* __restrict__ dz,
-                                                       const double* __restrict__ logvar,
-                                                       const double* __restrict__ eps, long long n) {
-    reparam_backward_kernel(dmu, dlogvar, dz, logvar, eps, n);
-}
-
-extern "C" __global__ void reparam_noise_forward_kernel_f32(float* __restrict__ z,
-                                                            const float* __restrict__ mu,
-                                                            const float* __restrict__ logvar,
-                                                            unsigned k0, unsigned k1,
-                                                            long long offset, long long n) {
-    reparam_noise_forward_kernel(z, mu, logvar, k0, k1, offset, n);
-}
-
-extern "C" __global__ void reparam_noise_forward_kernel_f64(double* __restrict__ z,
-                                                            const double* __restrict__ mu,
-                                                            const double* __restrict__ logvar,
-                                                            unsigned k0, unsigned k1,
-                                                            long long offset, long long n) {
-    reparam_noise_forward_kernel(z, mu, logvar, k0, k1, offset, n);
-}
-
-extern "C" __global__ void reparam_noise_backward_kernel_f32(float* __restrict__ dmu,
-                                                             float* __restrict__ dlogvar,
-                                                             const float* __restrict__ dz,
-                                                             const float* __restrict__ logvar,
-                                                             unsigned k0, unsigned k1,
-                                                             long long offset, long long n) {
-    reparam_noise_backward_kernel(dmu, dlogvar, dz, logvar, k0, k1, offset, n);
-}
-
-extern "C" __global__ void reparam_noise_backward_kernel_f64(double* __restrict__ dmu,
-                                                             double* __restrict__ dlogvar,
-                                                             const double* __restrict__ dz,
-                                                             const double* __restrict__ logvar,
-                                                             unsigned k0, unsigned k1,
-                                                             long long offset, long long n) {
-    reparam_noise_backward_kernel(dmu, dlogvar, dz, logvar, k0, k1, offset, n);
 }

@@ -4,14 +4,17 @@ Layout per op, same file stem everywhere (see fastvae/cuda/adam.py + kernels/ada
 
 - ``kernels/<stem>.cu``: math only. A ``template <typename T> __device__`` body ``<name>_kernel``
   (outputs, then inputs, then sizes; shapes in comments; ``// math: fastvae/_reference.py::<fn>``)
-  and ``extern "C" __global__`` wrappers ``<name>_kernel_f32`` / ``<name>_kernel_f64``. Shared
-  helpers (NaN-propagating max, softplus/sigmoid, warp/block reductions, Philox normals, -inf
-  constants) are in ``kernels/common.cuh``.
+  written with ``FV_KERNEL_F32_F64``, which generates its ``extern "C" __global__`` kernels
+  ``<name>_kernel_f32`` / ``<name>_kernel_f64``. Shared helpers (that macro, NaN-propagating max,
+  softplus/sigmoid, warp/block reductions, Philox normals, -inf and log 2 pi constants) are in
+  ``kernels/common.cuh``; row sums that two ops share in ``kernels/kl.cuh`` and
+  ``kernels/loglik.cuh``.
 - ``fastvae/cuda/<stem>.py``: launchers with exactly the names and signatures of
   ``fastvae/cpu/<stem>.py`` (``fastvae.ops`` and the model call either backend the same way).
   They check shapes/dtypes, allocate outputs with ``array_module(x)`` (``xp.empty``), pick the
   kernel with ``kernel(stem, f"<name>_kernel_{dtype_suffix(dtype)}")``, choose grid and block from
-  module-level constants (``THREADS_PER_BLOCK``, ...) and launch ``k((grid,), (block,), args)``
+  module-level constants (``THREADS_PER_BLOCK``, ``MAX_BLOCKS``: bound from the defaults in
+  ``_module``, ...) and launch ``k((grid,), (block,), args)``
   with scalars as NumPy scalars of the kernel's C types (``T(x)``, ``np.int32``, ``np.int64``).
 - ``fastvae/cuda/_module.py``: where the sources are, ``OPTIONS`` (the NVRTC options), the
   per-stem ``cupy.RawModule`` cache, and ``use_module_factory`` which lets the tests run the same

@@ -8,6 +8,9 @@
 - ``module(stem)``: the compiled module of ``kernels/<stem>.cu``, cached; by default a
   ``cupy.RawModule(code=<text>, options=OPTIONS)`` (CuPy compiles it lazily and keeps its own
   on-disk kernel cache). ``kernel(stem, name)``: one ``extern "C"`` kernel of it, cached.
+- ``THREADS_PER_BLOCK``, ``MAX_BLOCKS``: the launch defaults. Every launcher module binds its own
+  names from them (``THREADS_PER_BLOCK = _module.THREADS_PER_BLOCK``): the per-op tuning point, read
+  at each launch, and what the tests patch (tests/cuda/conftest.py TINY).
 - ``use_module_factory(fn)``: replace the factory, e.g. by the host harness of
   tests/cuda_host (``fn(stem)`` returns an object with ``get_function(name)``, and the function is
   called like a CuPy RawKernel: ``kernel(grid, block, args, shared_mem=0)``). Together with
@@ -43,6 +46,14 @@ def kernels_dir():
 # a kernel that wants an intrinsic (__expf, __logf) calls it explicitly and says why.
 # No -arch: CuPy picks the device's architecture. "-std=c++17" is CuPy 14's default anyway.
 OPTIONS = ("-std=c++17", "-I", str(kernels_dir()))
+
+# Launch defaults. 256 threads per block: the usual choice for streaming kernels (full occupancy at
+# <= 32 registers on sm_80/sm_90); not yet measured on a GPU. Must be a multiple of 32 (the warp
+# and block reductions of kernels/common.cuh), at most 1024.
+THREADS_PER_BLOCK = 256
+# Grid cap for the grid-stride loops: 4096 blocks x 256 threads = 1M threads, several waves of
+# resident blocks on an H100 (132 SMs x 8 blocks); larger inputs loop.
+MAX_BLOCKS = 4096
 
 # What cupy.RawModule appends to OPTIONS on its own (cupy/cuda/compiler.py, CuPy 14): the
 # architecture, flush-to-zero, and device code by default. The NVRTC test adds the same.

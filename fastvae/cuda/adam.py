@@ -10,14 +10,13 @@ small arrays.
 """
 import numpy as np
 
+from fastvae.cuda import _module
 from fastvae.cuda._module import array_module, cdiv, dtype_suffix, kernel
 
-# Elementwise and memory-bound: 256 threads per block is the usual choice for streaming kernels
-# (full occupancy at <= 32 registers on sm_80/sm_90). Not yet measured on a GPU.
-THREADS_PER_BLOCK = 256
-# Grid cap for the grid-stride loop: 4096 blocks x 256 threads = 1M threads, several waves of
-# resident blocks on an H100 (132 SMs x 8 blocks); larger arrays loop.
-MAX_BLOCKS = 4096
+# Elementwise and memory-bound: the streaming defaults of fastvae/cuda/_module.py (256 threads per
+# block; a grid cap of 4096 blocks for the grid-stride loop, larger arrays loop).
+THREADS_PER_BLOCK = _module.THREADS_PER_BLOCK
+MAX_BLOCKS = _module.MAX_BLOCKS
 
 
 def adam_update(param, grad, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):

@@ -17,16 +17,16 @@ C-contiguous, one floating dtype (float32 or float64).
 import numpy as np
 
 from fastvae._reference import activation_code
+from fastvae.cuda import _module
 from fastvae.cuda._module import array_module, cdiv, dtype_suffix, kernel
 
 IDENTITY = 0   # kernels/dense.cu's DENSE_* codes, in _reference.ACTIVATIONS order
 
-# Threads per block of every kernel here. The backward kernel shapes them as (32, T / 32): 32
-# columns (one warp reads 32 consecutive elements of a row) by T / 32 row slots. 256 as the other
-# streaming kernels; not yet measured on a GPU. Must be a multiple of 32, at most 1024.
-THREADS_PER_BLOCK = 256
+# Threads per block of every kernel here (the default, 256). The backward kernel shapes them as
+# (32, T / 32): 32 columns (one warp reads 32 consecutive elements of a row) by T / 32 row slots.
+THREADS_PER_BLOCK = _module.THREADS_PER_BLOCK
 # Grid cap in each grid dimension (the forward's grid-stride loop; the backward's row blocks).
-MAX_BLOCKS = 4096
+MAX_BLOCKS = _module.MAX_BLOCKS
 # Row blocks of the backward kernel: R <= MAX_ROW_BLOCKS; each writes one float64 partial row
 # (O,). 128 x 13 column tiles (O = 400) = 1664 blocks of 256 threads fill an H100 (132 SMs x 8)
 # with ~1.6 waves; a batch of 128 uses 128 / 8 = 16 row blocks (one row per thread). Not measured.

@@ -17,6 +17,7 @@ are rounded once to the input dtype.
 """
 import numpy as np
 
+from fastvae.cuda import _module
 from fastvae.cuda import kl as _kl
 from fastvae.cuda import loglik as _loglik
 from fastvae.cuda._module import array_module, dtype_suffix, kernel
@@ -24,10 +25,10 @@ from fastvae.cuda.loglik import gaussian_dlogvar_reduce, gaussian_inv_var, row_b
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 
-# One block per row (block-strided): threads over D = 784, then over L = 20. Not yet measured on a GPU.
-THREADS_PER_BLOCK = 256
+# One block per row (block-strided): threads over D = 784, then over L = 20.
+THREADS_PER_BLOCK = _module.THREADS_PER_BLOCK
 # Grid cap of the block-strided row loops.
-MAX_BLOCKS = 4096
+MAX_BLOCKS = _module.MAX_BLOCKS
 
 _INT_MAX = 2**31 - 1
 

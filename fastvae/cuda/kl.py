@@ -11,13 +11,13 @@ per warp run on small inputs.
 """
 import numpy as np
 
+from fastvae.cuda import _module
 from fastvae.cuda._module import array_module, cdiv, dtype_suffix, kernel
 
-# 256 threads = 8 warps = 8 rows per block: full occupancy at <= 32 registers on sm_80/sm_90.
-# Not yet measured on a GPU.
-THREADS_PER_BLOCK = 256
+# 256 threads (the default) = 8 warps = 8 rows per block.
+THREADS_PER_BLOCK = _module.THREADS_PER_BLOCK
 # Grid cap of the warp-stride row loop: 4096 blocks x 8 warps = 32768 rows per pass.
-MAX_BLOCKS = 4096
+MAX_BLOCKS = _module.MAX_BLOCKS
 
 _INT_MAX = 2**31 - 1
 

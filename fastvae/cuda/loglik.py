@@ -13,13 +13,14 @@ MAX_BLOCKS patched down (tests/cuda/conftest.py TINY) so several rows per block 
 """
 import numpy as np
 
+from fastvae.cuda import _module
 from fastvae.cuda._module import array_module, cdiv, dtype_suffix, kernel
 
-# Row reductions over D = 784: 256 threads read ~3 coalesced elements each; block_sum_all is one
-# shuffle round per warp and 32 doubles of shared memory. Not yet measured on a GPU.
-THREADS_PER_BLOCK = 256
+# Row reductions over D = 784: 256 threads (the default) read ~3 coalesced elements each;
+# block_sum_all is one shuffle round per warp and 32 doubles of shared memory.
+THREADS_PER_BLOCK = _module.THREADS_PER_BLOCK
 # Grid cap of the block-strided row loops (and of elementwise grid-stride loops).
-MAX_BLOCKS = 4096
+MAX_BLOCKS = _module.MAX_BLOCKS
 # Gaussian dlogvar: rows per CUDA row block, and the most row blocks (the partial buffer is
 # (B, D) float64: 1024 x 784 x 8 B = 6.4 MB at most, vs 376 MB of x and mean at N = 60000).
 # Small row blocks keep enough blocks in flight at N = 128 (32 blocks).

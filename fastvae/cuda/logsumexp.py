@@ -13,13 +13,14 @@ merge, finalize) run a grid-stride loop over min(cdiv(n, THREADS_PER_BLOCK), MAX
 """
 import numpy as np
 
+from fastvae.cuda import _module
 from fastvae.cuda._module import array_module, cdiv, dtype_suffix, kernel
 
-# 256 threads per row block: K = 5000 gives ~20 terms per thread before the block tree (8 warps).
-# Not yet measured on a GPU; 128 and 512 are the alternatives to sweep (bench_logsumexp.py).
-THREADS_PER_BLOCK = 256
+# 256 threads (the default) per row block: K = 5000 gives ~20 terms per thread before the block
+# tree (8 warps). 128 and 512 are the alternatives to sweep (benchmarks/bench_logsumexp.py).
+THREADS_PER_BLOCK = _module.THREADS_PER_BLOCK
 # Grid cap: rows (row kernels) or grid-stride chunks (elementwise kernels) beyond it loop.
-MAX_BLOCKS = 4096
+MAX_BLOCKS = _module.MAX_BLOCKS
 
 
 def _row_blocks(n):

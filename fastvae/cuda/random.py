@@ -11,13 +11,13 @@ tests set it to NumPy and run the unchanged kernels on the CPU through the harne
 """
 import numpy as np
 
+from fastvae.cuda import _module
 from fastvae.cuda._module import cdiv, dtype_suffix, kernel
 
-# One thread per Philox block of four outputs; 256 threads per block, as the other streaming
-# kernels. Not yet measured on a GPU.
-THREADS_PER_BLOCK = 256
-# Grid cap for the grid-stride loops (4096 x 256 threads = 4M outputs per pass); larger arrays loop.
-MAX_BLOCKS = 4096
+# One thread per Philox block of four outputs, the streaming defaults of fastvae/cuda/_module.py
+# (4096 x 256 threads = 4M outputs per pass of the grid-stride loops; larger arrays loop).
+THREADS_PER_BLOCK = _module.THREADS_PER_BLOCK
+MAX_BLOCKS = _module.MAX_BLOCKS
 # None: CuPy. Tests: numpy (see the module docstring).
 ARRAY_MODULE = None
 

@@ -13,6 +13,7 @@ from collections import namedtuple
 
 import numpy as np
 
+from fastvae.cuda import _module
 from fastvae.cuda._module import array_module, cdiv, dtype_suffix, kernel
 from fastvae.cuda.random import seed_to_key
 
@@ -21,11 +22,11 @@ ReparamCache.__doc__ = """What reparam_backward needs (the fields of fastvae.cpu
 the forward's logvar (N, L) (a reference, not a copy), and either eps (N, L) (given noise; seed is
 None) or eps None with the stream position (seed, offset) of generated noise."""
 
-# Elementwise, memory-bound (given noise) or Philox-bound (generated noise): 256 threads per block
-# as the other streaming kernels. Not yet measured on a GPU.
-THREADS_PER_BLOCK = 256
+# Elementwise, memory-bound (given noise) or Philox-bound (generated noise): the streaming
+# defaults of fastvae/cuda/_module.py.
+THREADS_PER_BLOCK = _module.THREADS_PER_BLOCK
 # Grid cap for the grid-stride loops; larger arrays loop.
-MAX_BLOCKS = 4096
+MAX_BLOCKS = _module.MAX_BLOCKS
 INDEX_LIMIT = 1 << 62   # offset + size (global noise indices are int64 in the kernels)
 
 

@@ -4,15 +4,19 @@ their kernels (kernels/<stem>.cu, unchanged) executing on the CPU through the ho
 
 How to add a CUDA op (copy the adam files; <stem> is the op's file stem, e.g. ``kl``):
 
-1. kernels/<stem>.cu: ``#include "common.cuh"``; the math in a
-   ``template <typename T> __device__ __forceinline__ void <name>_kernel(...)`` (outputs first, then
-   inputs, then sizes; shapes in comments; ``// math: fastvae/_reference.py::<function>``), and one
-   ``extern "C" __global__`` wrapper per dtype: ``<name>_kernel_f32`` and ``<name>_kernel_f64``.
+1. kernels/<stem>.cu: ``#include "common.cuh"``; the math in a templated body written as
+   ``FV_KERNEL_F32_F64(<name>_kernel, (<params, with T>), (<their names>)) {...}`` (common.cuh;
+   outputs first, then inputs, then sizes; shapes in comments;
+   ``// math: fastvae/_reference.py::<function>``), which also generates the ``extern "C"
+   __global__`` kernel of each dtype, ``<name>_kernel_f32`` and ``<name>_kernel_f64``. List the
+   two above it as ``// extern "C" __global__ void <name>_kernel_f32(...)`` (and ``_f64``): the
+   host harness and test_compile_nvrtc.py find a .cu's kernels by that text.
    Use common.cuh's helpers: fv_exp/fv_log/... overloads, fv_max (NaN-propagating),
    fv_softplus/fv_sigmoid, warp_/block_sum_all and _max_all, philox_normals4_f32/_f64,
    FV_NEG_INF_F/_D, the grid-stride loop. No <math.h> macros (INFINITY), no templates as kernels.
 2. fastvae/cuda/<stem>.py: launchers with exactly the names and signatures of
-   fastvae/cpu/<stem>.py. Launch constants at module level (``THREADS_PER_BLOCK = 256``, ...),
+   fastvae/cpu/<stem>.py. Launch constants at module level, the defaults bound by name
+   (``THREADS_PER_BLOCK = _module.THREADS_PER_BLOCK``, ``MAX_BLOCKS = _module.MAX_BLOCKS``),
    ``kernel("<stem>", f"<name>_kernel_{dtype_suffix(x.dtype)}")((grid,), (block,), (args...))``
    with scalars as NumPy scalars of the kernel's C type (``T(lr)``, ``np.int32(rows)``,
    ``np.int64(n)``); allocate outputs with ``xp = array_module(x)``, ``xp.empty(...)`` so the same

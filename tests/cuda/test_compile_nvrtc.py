@@ -14,12 +14,11 @@ import re
 import pytest
 
 from fastvae.cuda import _module
+from tests.cuda_host.cuda_host import kernel_names
 
 TEST_KERNELS = pathlib.Path(__file__).resolve().parent / "kernels"
 SOURCES = [*sorted(_module.kernels_dir().glob("*.cu")), *sorted(TEST_KERNELS.glob("*.cu"))]
 ARCHS = ("sm_80", "sm_90")
-KERNEL_NAME = re.compile(r'extern\s+"C"\s+__global__\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?void\s+'
-                         r'(?:__launch_bounds__\s*\([^)]*\)\s*)?(\w+)\s*\(')
 PTXAS_ROWS = []   # filled by the tests, printed by tests/cuda/conftest.py::pytest_terminal_summary
 
 
@@ -84,8 +83,10 @@ def test_nvrtc_compiles_clean(source, arch):
     assert not re.search(r"warning|error", rest, re.I), f"{source.name} {arch}:\n{rest}"
     assert cubin > 0
     stats = parse_ptxas(log)
-    kernels = KERNEL_NAME.findall(source.read_text())
-    assert kernels and sorted(stats) == sorted(kernels), (kernels, log)
+    kernels = kernel_names(source.read_text())   # what the host harness finds and exports
+    assert kernels and sorted(stats) == sorted(kernels), (
+        f"{source.name}: NVRTC compiled the kernels {sorted(stats)}, the host harness finds "
+        f"{sorted(kernels)} (tests/cuda_host/cuda_host.py::kernel_names)\n{log}")
     for name, s in stats.items():
         PTXAS_ROWS.append(dict(source=source.name, kernel=name, arch=arch, **s))
         assert s["registers"] is not None, log

@@ -26,12 +26,22 @@ import numpy as np
 HEADER = pathlib.Path(__file__).resolve().with_name("cuda_host.h")
 _KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?void\s+'
                      r'(?:__launch_bounds__\s*\([^)]*\)\s*)?(\w+)\s*\(')
+_KERNEL_PAIR = re.compile(r'^\s*FV_KERNEL_F32_F64\(\s*(\w+)\s*,', re.M)   # kernels/common.cuh
 _DYN_SMEM = re.compile(r'extern\s+__shared__\s+(?:__align__\s*\(\s*\d+\s*\)\s*)?([A-Za-z_][\w:]*)\s+'
                        r'(?:__align__\s*\(\s*\d+\s*\)\s*)?(\w+)\s*\[\s*\]')
 _INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.M)
 _lock = threading.Lock()
 _build_locks = {}   # .so path -> threading.Lock (see _compile_once)
 ORDERS = ("fwd", "rev", "rand")
+
+
+def kernel_names(text):
+    """The ``extern "C" __global__`` kernels a .cu defines: written out, or generated in pairs
+    (<name>_f32, <name>_f64) by kernels/common.cuh's FV_KERNEL_F32_F64(<name>, ...)."""
+    names = _KERNEL.findall(text)
+    for name in _KERNEL_PAIR.findall(text):
+        names += [f"{name}_f32", f"{name}_f64"]
+    return names
 
 
 def unavailable_reason(cxx="g++"):
@@ -130,7 +140,7 @@ class HostModule:
             elif o.startswith("-D"):
                 defs.append(o)
         srcs = _sources(path, inc)
-        names = _KERNEL.findall(srcs[path])
+        names = kernel_names(srcs[path])
         dyn = {m for t in srcs.values() for m in _DYN_SMEM.findall(t)}
         header = pathlib.Path(header).resolve()
         flags = ["-std=c++17", opt, "-g", "-shared", "-fPIC", "-fvisibility=hidden", "-pthread",
