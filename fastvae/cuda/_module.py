@@ -22,6 +22,8 @@ import pathlib
 
 import numpy as np
 
+from fastvae._device import array_module   # noqa: F401 - the launchers allocate with it
+
 _PACKAGE_DIR = pathlib.Path(__file__).resolve().parents[1]
 _CANDIDATES = (
     _PACKAGE_DIR / "kernels",          # installed from a wheel: package data fastvae/kernels
@@ -112,15 +114,6 @@ def use_module_factory(fn):
         yield
     finally:
         set_module_factory(previous)
-
-
-def array_module(*arrays):
-    """cupy for CuPy arrays, numpy otherwise (numpy also when CuPy is not installed)."""
-    try:
-        import cupy
-    except ImportError:
-        return np
-    return cupy.get_array_module(*arrays)
 
 
 SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}

@@ -1,8 +1,9 @@
 """One fused, in-place Adam step on the GPU: launcher of kernels/adam.cu.
 
 Same public signature and semantics as fastvae/cpu/adam.py (the model and fastvae.ops call either
-one). The launcher owns the checks, the dtype dispatch (``adam_kernel_f32`` / ``adam_kernel_f64``),
-the scalars and the launch configuration; kernels/adam.cu owns the math.
+one). The launcher asserts its preconditions (fastvae/cuda/__init__.py) and owns the dtype
+dispatch (``adam_kernel_f32`` / ``adam_kernel_f64``), the scalars and the launch configuration;
+kernels/adam.cu owns the math.
 
 Tests run this file unchanged on NumPy arrays through the host harness (tests/cuda/conftest.py),
 with THREADS_PER_BLOCK and MAX_BLOCKS patched down so the multi-block and grid-stride paths run on
@@ -28,11 +29,10 @@ def adam_update(param, grad, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e
     """
     arrays = {"param": param, "grad": grad, "m": m, "v": v}
     for name, a in arrays.items():
-        if a.shape != param.shape or a.dtype != param.dtype:
-            raise ValueError(f"adam_update: {name} is {a.dtype} {a.shape}, param is "
-                             f"{param.dtype} {param.shape}; all four must match")
-        if not a.flags.c_contiguous:
-            raise ValueError(f"adam_update: {name} must be C-contiguous (updated in place)")
+        assert a.shape == param.shape and a.dtype == param.dtype, (
+            f"adam_update: {name} is {a.dtype} {a.shape}, param is {param.dtype} "
+            f"{param.shape}; all four must match")
+        assert a.flags.c_contiguous, f"adam_update: {name} must be C-contiguous (updated in place)"
     suffix = dtype_suffix(param.dtype)
     n = param.size
     if n == 0:

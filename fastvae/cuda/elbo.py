@@ -34,20 +34,19 @@ _INT_MAX = 2**31 - 1
 
 
 def _check(op, x, dec_out, mu, logvar, likelihood, dec_logvar):
-    if likelihood not in LIKELIHOODS:
-        raise ValueError(f"{op}: likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
-    if x.ndim != 2 or mu.ndim != 2 or mu.shape[0] != x.shape[0]:
-        raise ValueError(f"{op}: x {x.shape} must be (N, D) and mu {mu.shape} (N, L)")
+    assert likelihood in LIKELIHOODS, \
+        f"{op}: likelihood must be one of {LIKELIHOODS}, got {likelihood!r}"
+    assert x.ndim == 2 and mu.ndim == 2 and mu.shape[0] == x.shape[0], \
+        f"{op}: x {x.shape} must be (N, D) and mu {mu.shape} (N, L)"
     named = [("x", x, x.shape), ("dec_out", dec_out, x.shape), ("mu", mu, mu.shape),
              ("logvar", logvar, mu.shape)]
     if likelihood == "gaussian":
-        if dec_logvar is None:
-            raise ValueError(f"{op}: the Gaussian likelihood needs dec_logvar (D,)")
+        assert dec_logvar is not None, f"{op}: the Gaussian likelihood needs dec_logvar (D,)"
         named.append(("dec_logvar", dec_logvar, (x.shape[1],)))
     for name, a, shape in named:
-        if a.shape != shape or a.dtype != x.dtype or not a.flags.c_contiguous:
-            raise ValueError(f"{op}: {name} is {a.dtype} {a.shape}; expected a C-contiguous "
-                             f"{x.dtype} array of shape {shape}")
+        assert a.shape == shape and a.dtype == x.dtype and a.flags.c_contiguous, (
+            f"{op}: {name} is {a.dtype} {a.shape}; expected a C-contiguous {x.dtype} array of "
+            f"shape {shape}")
     if max(x.shape + mu.shape) > _INT_MAX:
         raise ValueError(f"{op}: sizes must be < 2^31, got x {x.shape}, mu {mu.shape}")
     return dtype_suffix(x.dtype)
@@ -127,8 +126,7 @@ def elbo_loss_and_grads(x, dec_out, mu, logvar, likelihood="bernoulli", dec_logv
     suffix = _check("elbo_loss_and_grads", x, dec_out, mu, logvar, likelihood, dec_logvar)
     xp = array_module(x)
     (n_rows, n_cols), n_latent = x.shape, mu.shape[1]
-    if n_rows == 0:
-        raise ValueError("elbo_loss_and_grads: the loss is a mean over rows; x has no rows")
+    assert n_rows >= 1, "elbo_loss_and_grads: the loss is a mean over rows; x has no rows"
     g, beta = -1.0 / n_rows, float(beta)
     elbo = xp.empty(n_rows, dtype=np.float64)   # float64: the loss is summed in float64
     ddec_out, dmu, dlogvar = xp.empty_like(dec_out), xp.empty_like(mu), xp.empty_like(logvar)

@@ -23,11 +23,11 @@ _INT_MAX = 2**31 - 1
 
 
 def _check_rows(op, mu, logvar):
-    if mu.ndim != 2 or logvar.shape != mu.shape or logvar.dtype != mu.dtype:
-        raise ValueError(f"{op}: mu {mu.dtype} {mu.shape} and logvar {logvar.dtype} "
-                         f"{logvar.shape} must be (N, L) arrays of one shape and dtype")
-    if not (mu.flags.c_contiguous and logvar.flags.c_contiguous):
-        raise ValueError(f"{op}: mu and logvar must be C-contiguous")
+    assert mu.ndim == 2 and logvar.shape == mu.shape and logvar.dtype == mu.dtype, (
+        f"{op}: mu {mu.dtype} {mu.shape} and logvar {logvar.dtype} {logvar.shape} must be "
+        f"(N, L) arrays of one shape and dtype")
+    assert mu.flags.c_contiguous and logvar.flags.c_contiguous, \
+        f"{op}: mu and logvar must be C-contiguous"
     if mu.shape[0] > _INT_MAX or mu.shape[1] > _INT_MAX:
         raise ValueError(f"{op}: shape {mu.shape} too large (rows and columns < 2^31)")
     return dtype_suffix(mu.dtype)
@@ -57,9 +57,9 @@ def kl_backward(dkl, cache):
     ``dmu = dkl[:, None] mu``; ``dlogvar = dkl[:, None] expm1(logvar) / 2``."""
     mu, logvar = cache
     suffix = _check_rows("kl_backward", mu, logvar)
-    if dkl.shape != (mu.shape[0],) or dkl.dtype != mu.dtype or not dkl.flags.c_contiguous:
-        raise ValueError(f"kl_backward: dkl is {dkl.dtype} {dkl.shape}, expected a contiguous "
-                         f"{mu.dtype} ({mu.shape[0]},)")
+    assert dkl.shape == (mu.shape[0],) and dkl.dtype == mu.dtype and dkl.flags.c_contiguous, (
+        f"kl_backward: dkl is {dkl.dtype} {dkl.shape}, expected a contiguous {mu.dtype} "
+        f"({mu.shape[0]},)")
     xp = array_module(mu)
     n_rows, n_cols = mu.shape
     dmu = xp.empty_like(mu)

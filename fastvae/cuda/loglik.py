@@ -35,11 +35,10 @@ def _check(op, *named, shape=None, dtype=None):
     first = named[0][1]
     dtype = first.dtype if dtype is None else dtype
     for name, a in named:
-        if a.dtype != dtype or not a.flags.c_contiguous or (shape is not None and a.shape != shape):
-            raise ValueError(f"{op}: {name} is {a.dtype} {a.shape}"
-                             f"{'' if a.flags.c_contiguous else ' (not C-contiguous)'}; expected a "
-                             f"C-contiguous {np.dtype(dtype).name} array of shape "
-                             f"{shape if shape is not None else first.shape}")
+        assert a.dtype == dtype and a.flags.c_contiguous and (shape is None or a.shape == shape), (
+            f"{op}: {name} is {a.dtype} {a.shape}"
+            f"{'' if a.flags.c_contiguous else ' (not C-contiguous)'}; expected a C-contiguous "
+            f"{np.dtype(dtype).name} array of shape {shape if shape is not None else first.shape}")
         if any(s > _INT_MAX for s in a.shape):
             raise ValueError(f"{op}: {name} shape {a.shape} too large (sizes < 2^31)")
     return dtype_suffix(dtype)
@@ -61,8 +60,7 @@ def row_blocks(n):
 def bernoulli_loglik_forward(x, logits):
     """Bernoulli log-likelihood per row from logits. x (values in [0, 1]), logits (N, D) ->
     (ll (N,), cache). ``cache = (x, logits)``."""
-    if x.ndim != 2:
-        raise ValueError(f"bernoulli_loglik_forward: x must be (N, D), got {x.shape}")
+    assert x.ndim == 2, f"bernoulli_loglik_forward: x must be (N, D), got {x.shape}"
     suffix = _check("bernoulli_loglik_forward", ("x", x), ("logits", logits), shape=x.shape)
     n_rows, n_cols = x.shape
     ll = array_module(x).empty(n_rows, dtype=x.dtype)
@@ -107,8 +105,7 @@ def gaussian_inv_var(logvar):
 def gaussian_loglik_forward(x, mean, logvar):
     """Diagonal Gaussian log-likelihood per row. x, mean (N, D); logvar (D,) -> (ll (N,), cache).
     ``cache = (x, mean, logvar, inv_var)`` with ``inv_var = exp(-logvar)`` in float64."""
-    if x.ndim != 2:
-        raise ValueError(f"gaussian_loglik_forward: x must be (N, D), got {x.shape}")
+    assert x.ndim == 2, f"gaussian_loglik_forward: x must be (N, D), got {x.shape}"
     suffix = _check("gaussian_loglik_forward", ("x", x), ("mean", mean), shape=x.shape)
     _check("gaussian_loglik_forward", ("logvar", logvar), shape=(x.shape[1],), dtype=x.dtype)
     inv_var = gaussian_inv_var(logvar)

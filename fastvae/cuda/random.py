@@ -11,6 +11,7 @@ tests set it to NumPy and run the unchanged kernels on the CPU through the harne
 """
 import numpy as np
 
+from fastvae import _device
 from fastvae.cuda import _module
 from fastvae.cuda._module import cdiv, dtype_suffix, kernel
 
@@ -23,10 +24,7 @@ ARRAY_MODULE = None
 
 
 def _xp():
-    if ARRAY_MODULE is not None:
-        return ARRAY_MODULE
-    import cupy
-    return cupy
+    return _device.xp("cuda") if ARRAY_MODULE is None else ARRAY_MODULE
 
 
 def seed_to_key(seed):
