@@ -50,6 +50,7 @@ from . import _validate as check
 from ._device import is_device_array, to_host
 from .eval import DEFAULT_MAX_PAIRS, rows_of
 from .eval import log_likelihood as _log_likelihood_local
+from .model import VAE
 
 # Work per task when the rows arrive as a NumPy array / memmap: 2^18 (x, z) pairs, e.g. 262 rows
 # at K=1000. A task's fixed cost on a local 2-worker cluster (benchmarks/distributed.py, 2-vCPU
@@ -81,7 +82,6 @@ class ModelSpec:
         return "fastvae-model", self.token
 
     def build(self, device="cpu"):
-        from .model import VAE
         model = VAE(**self.config)
         model.params.flat[...] = self.flat
         return model if device == "cpu" else model.to(device)
