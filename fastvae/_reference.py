@@ -16,6 +16,9 @@ import numpy as np
 LOG_2PI = float(np.log(2.0 * np.pi))
 LIKELIHOODS = ("bernoulli", "gaussian")
 ACTIVATIONS = ("identity", "relu", "tanh", "softplus", "sigmoid")
+# Global indices of the random stream are int64 in every backend's kernels: offset + size stays
+# below this.
+INDEX_LIMIT = 1 << 62
 
 
 def activation_code(activation):

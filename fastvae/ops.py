@@ -24,9 +24,7 @@ import numpy as np
 
 from . import _validate as check
 from ._interop import takes_foreign_arrays
-from ._reference import ACTIVATIONS
-
-LIKELIHOODS = ("bernoulli", "gaussian")
+from ._reference import ACTIVATIONS, INDEX_LIMIT, LIKELIHOODS
 
 __all__ = [
     "dense_forward", "dense_backward", "reparam_forward", "reparam_backward",
@@ -121,7 +119,7 @@ def reparam_forward(mu, logvar, eps=None, *, seed=None, offset=0):
     module, arrays = _inputs("reparam", spec)
     if seed is not None:
         seed = check.integer("seed", seed, 0, 2 ** 64 - 1)
-        offset = check.integer("offset", offset, 0, 2 ** 62 - 1)   # int64 indices in kernels
+        offset = check.integer("offset", offset, 0, INDEX_LIMIT - 1)   # int64 indices in kernels
     mu, logvar, eps = (arrays + [None])[:3]
     z, saved = module.reparam_forward(mu, logvar, eps, seed=seed, offset=offset)
     return _cached(module, "reparam", z, saved)

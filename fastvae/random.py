@@ -34,12 +34,12 @@ import operator
 import numpy as np
 
 from fastvae import _device
+from fastvae._reference import INDEX_LIMIT as _INDEX_LIMIT   # offset + size stays below 2^62
 from fastvae.cpu import random as _cpu
 
 __all__ = ["philox4x32_10", "normal", "uniform"]
 
 _UINT32_MAX = 0xFFFFFFFF
-_INDEX_LIMIT = _cpu.INDEX_LIMIT   # offset + size must stay below 2^62 (int64 indices in kernels)
 
 
 def _as_uint32(values, name):

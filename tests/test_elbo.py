@@ -164,3 +164,11 @@ def test_reference_elbo_backward_finite_differences(likelihood):
     wrt = (1, 2, 3) if likelihood == "bernoulli" else (1, 2, 3, 5)
     check_backward(ref.elbo_forward, ref.elbo_backward,
                    [x, dec_out, mu, logvar, likelihood, dec_logvar, 0.25], wrt=wrt, rng=rng)
+
+
+def test_the_launcher_asserts_rows_for_the_mean_loss():
+    # the launcher contract (fastvae/cuda/__init__.py): fastvae.ops refuses empty arrays, and a
+    # launcher asserts what it relies on; here the mean over no rows (was 1/0)
+    z = np.ones((0, 3), np.float32)
+    with pytest.raises(AssertionError, match="no rows"):
+        elbo.elbo_loss_and_grads(z, z, z, z)

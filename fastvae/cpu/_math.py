@@ -45,15 +45,22 @@ _F = np.float32
 # ---------------------------------------------------------------------------------------------
 # bit casts (LLVM bitcast: free, and vectorizable) and maxnum
 # ---------------------------------------------------------------------------------------------
-@intrinsic
-def f32_bits(typingctx, x):
-    """float32 -> its IEEE bits as int32."""
-    if x != types.float32:
-        return None
+def _float_bits(name, float_type, int_type):
+    """An intrinsic ``name(x)``: float_type x -> its IEEE bits as int_type (same width)."""
+    def bits(typingctx, x):
+        if x != float_type:
+            return None
 
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], context.get_value_type(types.int32))
-    return types.int32(types.float32), codegen
+        def codegen(context, builder, sig, args):
+            return builder.bitcast(args[0], context.get_value_type(int_type))
+        return int_type(float_type), codegen
+    bits.__name__ = bits.__qualname__ = name
+    bits.__doc__ = f"{float_type} -> its IEEE bits as {int_type}."
+    return intrinsic(bits)
+
+
+f32_bits = _float_bits("f32_bits", types.float32, types.int32)
+f64_bits = _float_bits("f64_bits", types.float64, types.int64)
 
 
 @intrinsic
@@ -68,17 +75,6 @@ def f32_from_bits(typingctx, x):
             v = builder.trunc(v, context.get_value_type(types.int32))
         return builder.bitcast(v, context.get_value_type(types.float32))
     return types.float32(x), codegen
-
-
-@intrinsic
-def f64_bits(typingctx, x):
-    """float64 -> its IEEE bits as int64."""
-    if x != types.float64:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], context.get_value_type(types.int64))
-    return types.int64(types.float64), codegen
 
 
 @intrinsic

@@ -5,33 +5,13 @@ propagate instead of being optimized into wrong finite numbers (stumpy does the 
 ``afn`` (approximate libm) is also left out: it changed exp/log results in the last bits between
 numba versions and buys little next to the GEMMs.
 """
-import os
+import types
 
-# Numba's parallel kernels run on its OpenMP layer (GNU libgomp here), whose idle threads spin by
-# default. Between OpenBLAS GEMMs, and whenever the machine holds more busy threads than cores,
-# those spinning threads steal the cores the GEMMs need. A training step (784-400-20, batch 128,
-# float32, 2 threads, benchmarks/dev/omp_wait_policy.py, same run, other jobs loading the
-# machine to a load
-# average of 3): default wait policy 8.7 ms/step in one round and 68 ms median (min 8.9) in the
-# next; OMP_WAIT_POLICY=PASSIVE 8.8 and 9.0 ms. Passive costs nothing measurable when the machine
-# is idle and removes the collapse. libgomp reads the variable once, when Numba's thread pool
-# starts, so it is set only for that moment (unless the user chose a policy) and then removed,
-# so that it does not reach other OpenMP runtimes loaded later in the process (PyTorch's own).
-import numba  # noqa: E402
+import numba
 
+from fastvae._threads import start_numba_threads
 
-def _start_numba_threads_passive():
-    if "OMP_WAIT_POLICY" in os.environ:
-        return
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    try:
-        from numba.np.ufunc import parallel
-        parallel._launch_threads()
-    finally:
-        del os.environ["OMP_WAIT_POLICY"]
-
-
-_start_numba_threads_passive()
+start_numba_threads()   # OpenMP's passive wait policy for Numba's pool (fastvae/_threads.py)
 
 FASTMATH = frozenset({"nsz", "arcp", "contract", "reassoc"})
 
@@ -40,6 +20,21 @@ jit = numba.njit(cache=True, fastmath=set(FASTMATH), nogil=True, error_model="nu
 # Row-parallel kernels (prange over rows).
 jit_parallel = numba.njit(cache=True, fastmath=set(FASTMATH), nogil=True, parallel=True,
                           error_model="numpy")
+
+
+def jit_twins(kernel):
+    """``(jit(kernel), jit_parallel(twin))``: one kernel body, written with ``prange``, compiled
+    serially (where Numba's prange is range) and in parallel. The twin is the same code under the
+    name ``<name>_parallel``: Numba's on-disk cache names its files by the function's qualname
+    and keys them by bytecode and signature, not by the ``parallel`` option, so two variants
+    under one name would load each other's code."""
+    name = kernel.__name__ + "_parallel"
+    twin = types.FunctionType(kernel.__code__, kernel.__globals__, name, kernel.__defaults__,
+                              kernel.__closure__)
+    twin.__qualname__ = kernel.__qualname__ + "_parallel"
+    twin.__doc__ = kernel.__doc__
+    return jit(kernel), jit_parallel(twin)
+
 
 # Scalar math helpers (fastvae/cpu/_math.py): the same set without ``reassoc``, so that range
 # reductions such as (x - n ln2_hi) - n ln2_lo and fdlibm's log1p keep their IEEE evaluation order.

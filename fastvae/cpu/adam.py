@@ -170,8 +170,6 @@ def abs_sum_tiles(counter, n_tiles, a, partial, chunk):
         last = fetch_add(counter, 1, 1) == n_tiles - 1
 
 
-
-
 def all_finite(a):
     """True if every element of a (any shape, C-contiguous) is finite. 652,824 float32, one
     thread, in cache (benchmarks/bench_adam.py::test_all_finite): 56.5 us against 188 us for

@@ -26,16 +26,16 @@ rounded once to the input dtype; the loss is summed in float64 and returned as a
 import numpy as np
 from numba import prange
 
+from fastvae._reference import LIKELIHOODS, LOG_2PI
 from fastvae._threads import run_tiles
 from fastvae.cpu._atomic import fetch_add
-from fastvae.cpu._numba import jit, jit_parallel
+from fastvae.cpu._numba import jit, jit_twins
 from fastvae.cpu.kl import KL_PARALLEL_MIN_ELEMENTS, kl_backward, kl_row, kl_row_and_backward
 from fastvae.cpu.loglik import (
-    BERNOULLI_PARALLEL_MIN_ELEMENTS, GAUSSIAN_PARALLEL_MIN_ELEMENTS, LOG_2PI,
+    BERNOULLI_PARALLEL_MIN_ELEMENTS, GAUSSIAN_PARALLEL_MIN_ELEMENTS,
     bernoulli_loglik_and_backward_row, bernoulli_loglik_backward, bernoulli_loglik_row,
     gaussian_inv_var, gaussian_loglik_backward, gaussian_loglik_row, row_blocks)
 
-LIKELIHOODS = ("bernoulli", "gaussian")
 
 def _parallel(likelihood, x, mu):
     """Row-parallel when either part's work passes its own op's threshold. Fused pass, 2 threads,
@@ -51,36 +51,27 @@ def _parallel(likelihood, x, mu):
 # ---------------------------------------------------------------------------------------------
 # forward
 # ---------------------------------------------------------------------------------------------
-@jit
 def elbo_bernoulli_forward_kernel(elbo, x, logits, mu, logvar, beta):
     # elbo (N,); x, logits (N, D); mu, logvar (N, L)
     # math: fastvae/_reference.py::elbo_forward
-    for n in range(x.shape[0]):
-        elbo[n] = bernoulli_loglik_row(x[n], logits[n]) - beta * kl_row(mu[n], logvar[n])
-
-
-@jit_parallel
-def elbo_bernoulli_forward_kernel_parallel(elbo, x, logits, mu, logvar, beta):
-    # elbo (N,); x, logits (N, D); mu, logvar (N, L)
     for n in prange(x.shape[0]):
         elbo[n] = bernoulli_loglik_row(x[n], logits[n]) - beta * kl_row(mu[n], logvar[n])
 
 
-@jit
+elbo_bernoulli_forward_kernel, elbo_bernoulli_forward_kernel_parallel = jit_twins(
+    elbo_bernoulli_forward_kernel)
+
+
 def elbo_gaussian_forward_kernel(elbo, x, mean, mu, logvar, dec_logvar, inv_var, beta):
     # elbo (N,); x, mean (N, D); mu, logvar (N, L); dec_logvar (D,); inv_var (D,) float64
     # math: fastvae/_reference.py::elbo_forward
-    for n in range(x.shape[0]):
-        elbo[n] = (gaussian_loglik_row(x[n], mean[n], dec_logvar, inv_var)
-                   - beta * kl_row(mu[n], logvar[n]))
-
-
-@jit_parallel
-def elbo_gaussian_forward_kernel_parallel(elbo, x, mean, mu, logvar, dec_logvar, inv_var, beta):
-    # elbo (N,); x, mean (N, D); mu, logvar (N, L); dec_logvar (D,); inv_var (D,) float64
     for n in prange(x.shape[0]):
         elbo[n] = (gaussian_loglik_row(x[n], mean[n], dec_logvar, inv_var)
                    - beta * kl_row(mu[n], logvar[n]))
+
+
+elbo_gaussian_forward_kernel, elbo_gaussian_forward_kernel_parallel = jit_twins(
+    elbo_gaussian_forward_kernel)
 
 
 def elbo_forward(x, dec_out, mu, logvar, likelihood="bernoulli", dec_logvar=None, beta=1.0):
@@ -211,8 +202,6 @@ def elbo_gaussian_loss_grads_tiles(counter, n_tiles, elbo, dmean, ddec_logvar_pa
         last = fetch_add(counter, 1, 1) == n_tiles - 1
 
 
-
-
 def elbo_loss_and_grads(x, dec_out, mu, logvar, likelihood="bernoulli", dec_logvar=None,
                         beta=1.0):
     """``loss = -mean_n elbo_n`` (a Python float) and its gradients, as ``elbo_backward`` returns
@@ -223,6 +212,7 @@ def elbo_loss_and_grads(x, dec_out, mu, logvar, likelihood="bernoulli", dec_logv
     """
     assert likelihood in LIKELIHOODS, likelihood
     n = x.shape[0]
+    assert n >= 1, "elbo_loss_and_grads: the loss is a mean over rows; x has no rows"
     g, beta = -1.0 / n, float(beta)
     elbo = np.empty(n)   # float64: the loss is summed in float64
     ddec_out, dmu, dlogvar = np.empty_like(dec_out), np.empty_like(mu), np.empty_like(logvar)

@@ -17,16 +17,15 @@ softplus and sigmoid run in float64 whatever the dtype); sums over d of float32 
 within blocks of SUM_BLOCK = 1024 and float64 across blocks; latent terms and all sums over k are
 float64.
 """
-import math
-
 import numpy as np
 from numba import prange
 
+from fastvae._reference import LIKELIHOODS, LOG_2PI
+from fastvae import _compose
+from fastvae.cpu import logsumexp
 from fastvae.cpu._math import fast_exp, log1p_unit
-from fastvae.cpu._numba import jit, jit_parallel
-from fastvae.cpu.logsumexp import SUM_BLOCK, logsumexp_backward, logsumexp_forward
-
-LOG_2PI = math.log(2.0 * math.pi)
+from fastvae.cpu._numba import jit, jit_twins
+from fastvae.cpu.logsumexp import SUM_BLOCK
 
 # prange from N*K*D >= these on (and >= 2 pairs / row blocks). 2 threads vs 1, float32
 # (bench_iwae.py::test_log_weight_parallel_vs_serial), forward / backward:
@@ -50,19 +49,15 @@ MAX_BLOCKS = 64
 # iwae estimate
 # ---------------------------------------------------------------------------------------------
 def iwae_forward(logw):
-    """``est_n = logsumexp_k(logw_nk) - log K``: logw (N, K) -> (est (N,), cache).
-
-    ``cache = (logw, lse)`` as logsumexp_forward's: the backward needs lse itself (rebuilding
-    it as est + log K would cost an ulp of |lse| in every weight)."""
-    lse, cache = logsumexp_forward(logw)
-    est = (lse.astype(np.float64) - math.log(logw.shape[1])).astype(logw.dtype)   # N values
-    return est, cache
+    """``est_n = logsumexp_k(logw_nk) - log K``: logw (N, K) -> (est (N,), (logw, lse));
+    fastvae/_compose.py::iwae_forward over fastvae/cpu/logsumexp.py."""
+    return _compose.iwae_forward(logsumexp, logw)
 
 
 def iwae_backward(dest, cache):
-    """``dlogw_nk = dest_n softmax_k(logw_n)`` (N, K), the normalized importance weights times
-    dest; 0 on an all -inf row. A new array (overwrites nothing)."""
-    return logsumexp_backward(dest, cache)
+    """``dlogw_nk = dest_n softmax_k(logw_n)`` (N, K), a new array;
+    fastvae/_compose.py::iwae_backward."""
+    return _compose.iwae_backward(logsumexp, dest, cache)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,48 +173,33 @@ def _log_weight_backward_rows(ddec_out, dmu, dlogvar, dlv_acc, dlogw, x, dec_out
 # ---------------------------------------------------------------------------------------------
 # kernels
 # ---------------------------------------------------------------------------------------------
-@jit
 def log_weight_forward_kernel(logw, x, dec_out, mu, logvar, sigma, eps, inv_var, gauss_const,
                               gaussian, n, k):
     # logw (N, K); x (N, D); dec_out (N, K, D); mu, logvar (N, L); sigma (N, L) float64;
     # eps (N, K, L); inv_var (D,) (Gaussian; empty for Bernoulli); gauss_const float64
-    for p in range(n * k):
+    for p in prange(n * k):   # the (n, k) pairs
         i, j = p // k, p % k
         logw[i, j] = _log_weight_pair(x, dec_out, mu, logvar, sigma, eps, inv_var, gauss_const,
                                       gaussian, i, j)
 
 
-@jit_parallel
-def log_weight_forward_kernel_parallel(logw, x, dec_out, mu, logvar, sigma, eps, inv_var,
-                                       gauss_const, gaussian, n, k):
-    # as log_weight_forward_kernel, prange over the (n, k) pairs
-    for p in prange(n * k):
-        i, j = p // k, p % k
-        logw[i, j] = _log_weight_pair(x, dec_out, mu, logvar, sigma, eps, inv_var, gauss_const,
-                                      gaussian, i, j)
+log_weight_forward_kernel, log_weight_forward_kernel_parallel = jit_twins(
+    log_weight_forward_kernel)
 
 
-@jit
 def log_weight_backward_kernel(ddec_out, dmu, dlogvar, dlv_blocks, dlogw, x, dec_out, mu, sigma,
                                eps, inv_var, gaussian, n):
     # ddec_out (N, K, D); dmu, dlogvar (N, L); dlv_blocks (B, D) float64 zeros: block b's sum;
     # dlogw (N, K); x (N, D); dec_out (N, K, D); mu (N, L); sigma (N, L) float64; eps (N, K, L)
     n_blocks = dlv_blocks.shape[0]
-    for b in range(n_blocks):
+    for b in prange(n_blocks):   # the row blocks
         _log_weight_backward_rows(ddec_out, dmu, dlogvar, dlv_blocks[b], dlogw, x, dec_out, mu,
                                   sigma, eps, inv_var, gaussian, b * n // n_blocks,
                                   (b + 1) * n // n_blocks)
 
 
-@jit_parallel
-def log_weight_backward_kernel_parallel(ddec_out, dmu, dlogvar, dlv_blocks, dlogw, x, dec_out,
-                                        mu, sigma, eps, inv_var, gaussian, n):
-    # as log_weight_backward_kernel, prange over the row blocks
-    n_blocks = dlv_blocks.shape[0]
-    for b in prange(n_blocks):
-        _log_weight_backward_rows(ddec_out, dmu, dlogvar, dlv_blocks[b], dlogw, x, dec_out, mu,
-                                  sigma, eps, inv_var, gaussian, b * n // n_blocks,
-                                  (b + 1) * n // n_blocks)
+log_weight_backward_kernel, log_weight_backward_kernel_parallel = jit_twins(
+    log_weight_backward_kernel)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,8 +215,8 @@ def log_weight_forward(x, dec_out, mu, logvar, eps, likelihood="bernoulli", dec_
     x (N, D); dec_out (N, K, D) = decoder(z) (logits for "bernoulli", means for "gaussian");
     mu, logvar (N, L); eps (N, K, L); dec_logvar (D,) for "gaussian" -> (logw (N, K), cache).
     """
-    if likelihood not in ("bernoulli", "gaussian"):
-        raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
     n, k, d = dec_out.shape
     gaussian = likelihood == "gaussian"
     sigma = np.exp(0.5 * logvar.astype(np.float64))          # (N, L) float64

@@ -21,19 +21,14 @@ Row functions for other Numba kernels (all ``@jit``; small ones get inlined by L
 inv_var)`` (float64 sums), ``bernoulli_loglik_and_backward_row`` (forward and backward of a row
 in one pass).
 """
-import math
-
 import numpy as np
-from numba import prange
-
-from numba import types
+from numba import prange, types
 from numba.extending import overload
 
+from fastvae._reference import LOG_2PI
 from fastvae.cpu._math import (exp_f32, exp_nonpositive, log1p_unit_f32, log1p_unit_f64, sigmoid,
                                softplus)
-from fastvae.cpu._numba import FASTMATH, jit, jit_parallel
-
-LOG_2PI = math.log(2.0 * math.pi)
+from fastvae.cpu._numba import FASTMATH, jit, jit_twins
 
 # Elements (N * D) from which the row-parallel kernels win: 2 threads, float32, prange start-up
 # ~3.5 us here; min of 200 interleaved runs, serial vs parallel (speed-ups, forward / backward):
@@ -127,32 +122,24 @@ def _bernoulli_row_grads_f32(dlogit_row, dll_n, x_row, logit_row):
     return np.float64(acc)
 
 
-@jit
 def bernoulli_loglik_forward_kernel(ll, x, logits):
     # ll (N,); x, logits (N, D)
-    for n in range(x.shape[0]):
-        ll[n] = bernoulli_loglik_row(x[n], logits[n])
-
-
-@jit_parallel
-def bernoulli_loglik_forward_kernel_parallel(ll, x, logits):
-    # ll (N,); x, logits (N, D)
     for n in prange(x.shape[0]):
         ll[n] = bernoulli_loglik_row(x[n], logits[n])
 
 
-@jit
+bernoulli_loglik_forward_kernel, bernoulli_loglik_forward_kernel_parallel = jit_twins(
+    bernoulli_loglik_forward_kernel)
+
+
 def bernoulli_loglik_backward_kernel(dlogits, dll, x, logits):
     # dlogits (N, D); dll (N,); x, logits (N, D)
-    for n in range(x.shape[0]):
-        bernoulli_loglik_backward_row(dlogits[n], np.float64(dll[n]), x[n], logits[n])
-
-
-@jit_parallel
-def bernoulli_loglik_backward_kernel_parallel(dlogits, dll, x, logits):
-    # dlogits (N, D); dll (N,); x, logits (N, D)
     for n in prange(x.shape[0]):
         bernoulli_loglik_backward_row(dlogits[n], np.float64(dll[n]), x[n], logits[n])
+
+
+bernoulli_loglik_backward_kernel, bernoulli_loglik_backward_kernel_parallel = jit_twins(
+    bernoulli_loglik_backward_kernel)
 
 
 def bernoulli_loglik_forward(x, logits):
@@ -218,38 +205,27 @@ def row_blocks(n):
     return max(1, min(GAUSSIAN_MAX_BLOCKS, -(-n // GAUSSIAN_ROWS_PER_BLOCK)))
 
 
-@jit
 def gaussian_loglik_forward_kernel(ll, x, mean, logvar, inv_var):
-    # ll (N,); x, mean (N, D); logvar (D,); inv_var (D,) float64
-    for n in range(x.shape[0]):
-        ll[n] = gaussian_loglik_row(x[n], mean[n], logvar, inv_var)
-
-
-@jit_parallel
-def gaussian_loglik_forward_kernel_parallel(ll, x, mean, logvar, inv_var):
     # ll (N,); x, mean (N, D); logvar (D,); inv_var (D,) float64
     for n in prange(x.shape[0]):
         ll[n] = gaussian_loglik_row(x[n], mean[n], logvar, inv_var)
 
 
-@jit
+gaussian_loglik_forward_kernel, gaussian_loglik_forward_kernel_parallel = jit_twins(
+    gaussian_loglik_forward_kernel)
+
+
 def gaussian_loglik_backward_kernel(dmean, dlogvar_partial, dll, x, mean, inv_var):
-    # dmean (N, D); dlogvar_partial (B, D) float64, zeroed: block b's sum over its rows;
-    # dll (N,); x, mean (N, D); inv_var (D,) float64
-    n_rows, n_blocks = x.shape[0], dlogvar_partial.shape[0]
-    for b in range(n_blocks):
-        gaussian_loglik_backward_rows(dmean, dlogvar_partial[b], dll, x, mean, inv_var,
-                                      b * n_rows // n_blocks, (b + 1) * n_rows // n_blocks)
-
-
-@jit_parallel
-def gaussian_loglik_backward_kernel_parallel(dmean, dlogvar_partial, dll, x, mean, inv_var):
     # dmean (N, D); dlogvar_partial (B, D) float64, zeroed: block b's sum over its rows;
     # dll (N,); x, mean (N, D); inv_var (D,) float64
     n_rows, n_blocks = x.shape[0], dlogvar_partial.shape[0]
     for b in prange(n_blocks):
         gaussian_loglik_backward_rows(dmean, dlogvar_partial[b], dll, x, mean, inv_var,
                                       b * n_rows // n_blocks, (b + 1) * n_rows // n_blocks)
+
+
+gaussian_loglik_backward_kernel, gaussian_loglik_backward_kernel_parallel = jit_twins(
+    gaussian_loglik_backward_kernel)
 
 
 def gaussian_loglik_forward(x, mean, logvar):

@@ -24,9 +24,10 @@ one pass, vectorized; it ties or wins when K fits in one block and loses 15-25% 
 The online form remains available at the chunk level: partial + merge is exactly the online
 update applied to whole chunks.
 
-Numerics. ``exp`` is ``fast_exp`` (fastvae/cpu/_math.py): a branch-free polynomial that LLVM vectorizes (Numba has
-no SVML here, so ``math.exp`` is a scalar libm call, ~5 ns/element). It runs in the input dtype
-(float32: 8 AVX2 lanes, within 1 ulp of float32; float64: 4 lanes, within 1 ulp of float64).
+Numerics. ``exp`` is ``fast_exp`` (fastvae/cpu/_math.py): a branch-free polynomial that LLVM
+vectorizes (Numba has no SVML here, so ``math.exp`` is a scalar libm call, ~5 ns/element). It
+runs in the input dtype (float32: 8 AVX2 lanes, within 1 ulp of float32; float64: 4 lanes, within
+1 ulp of float64).
 Row sums of float32 inputs: float32 within blocks of SUM_BLOCK = 1024 terms (vectorized, so each
 lane adds at most 128 of them), float64 across blocks; m + log s is formed in float64 and rounded
 once to the dtype.
@@ -37,7 +38,7 @@ import numpy as np
 from numba import prange
 
 from fastvae.cpu._math import exp_f64, fast_exp, maxnum
-from fastvae.cpu._numba import jit, jit_parallel
+from fastvae.cpu._numba import jit, jit_twins
 
 # Terms per float32 partial sum (vectorized: <= 128 terms per lane) before the partial sums are
 # added in float64. Two-pass forward, float32, one thread, us (min of 5 interleaved medians):
@@ -101,18 +102,13 @@ def row_state(row):
 # ---------------------------------------------------------------------------------------------
 # kernels
 # ---------------------------------------------------------------------------------------------
-@jit
 def logsumexp_partial_kernel(m, s, a, n, k):
-    # m, s (N,); a (N, K)
-    for i in range(n):
-        m[i], s[i] = row_state(a[i])
-
-
-@jit_parallel
-def logsumexp_partial_kernel_parallel(m, s, a, n, k):
     # m, s (N,); a (N, K)
     for i in prange(n):
         m[i], s[i] = row_state(a[i])
+
+
+logsumexp_partial_kernel, logsumexp_partial_kernel_parallel = jit_twins(logsumexp_partial_kernel)
 
 
 @jit
@@ -122,19 +118,14 @@ def _lse_row(a_row):
     return np.float64(m) + math.log(s)
 
 
-@jit
 def logsumexp_forward_kernel(lse, a, n, k):
     # lse (N,); a (N, K)
     # math: fastvae/_reference.py::logsumexp_forward
-    for i in range(n):
-        lse[i] = _lse_row(a[i])
-
-
-@jit_parallel
-def logsumexp_forward_kernel_parallel(lse, a, n, k):
-    # lse (N,); a (N, K)
     for i in prange(n):
         lse[i] = _lse_row(a[i])
+
+
+logsumexp_forward_kernel, logsumexp_forward_kernel_parallel = jit_twins(logsumexp_forward_kernel)
 
 
 @jit
@@ -149,18 +140,14 @@ def _softmax_row(da_row, dlse_i, a_row, lse_i):
         da_row[j] = dlse_i * fast_exp(a_row[j] - lse_i)
 
 
-@jit
 def logsumexp_backward_kernel(da, dlse, a, lse, n, k):
-    # da, a (N, K); dlse, lse (N,)
-    for i in range(n):
-        _softmax_row(da[i], dlse[i], a[i], lse[i])
-
-
-@jit_parallel
-def logsumexp_backward_kernel_parallel(da, dlse, a, lse, n, k):
     # da, a (N, K); dlse, lse (N,)
     for i in prange(n):
         _softmax_row(da[i], dlse[i], a[i], lse[i])
+
+
+logsumexp_backward_kernel, logsumexp_backward_kernel_parallel = jit_twins(
+    logsumexp_backward_kernel)
 
 
 @jit

@@ -35,6 +35,8 @@ import numpy as np
 from numba.core import types
 from numba.extending import overload
 
+from fastvae._reference import INDEX_LIMIT  # offset + size stays below it (int64 indices)
+from fastvae._reference import seed_to_key
 from fastvae.cpu._math import f32_bits, f32_from_bits
 from fastvae.cpu._numba import FASTMATH, jit, jit_parallel
 
@@ -66,8 +68,6 @@ PARALLEL_PIECE = 4 * CHUNK
 # start-up is ~10 us; on this shared machine a parallel region sometimes waits 4-12 ms for a
 # scheduler slice, so the threshold sits a little above the break-even point.
 PARALLEL_MIN_NORMALS = 1 << 14
-# Global indices are int64 in the kernels: offset + size must stay below this.
-INDEX_LIMIT = 1 << 62
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,10 +318,11 @@ def uniform_fill_kernel(out, k0, k1, offset):
 # ---------------------------------------------------------------------------------------------
 # launchers (inputs already validated by fastvae.random)
 # ---------------------------------------------------------------------------------------------
-def seed_to_key(seed):
-    """seed in [0, 2^64) -> (k0, k1) as np.uint64 scalars, the kernels' key arguments."""
-    seed = int(seed)
-    return np.uint64(seed & 0xFFFFFFFF), np.uint64((seed >> 32) & 0xFFFFFFFF)
+def kernel_key(seed):
+    """fastvae/_reference.py::seed_to_key's (k0, k1) as np.uint64 scalars: the kernels' key
+    argument type."""
+    k0, k1 = seed_to_key(seed)
+    return np.uint64(k0), np.uint64(k1)
 
 
 def philox4x32_10(counters, key):
@@ -338,7 +339,7 @@ def normal(shape, seed, offset=0, dtype=np.float32):
     """Standard normals at global indices offset .. offset + size - 1, C order -> shape."""
     out = np.empty(shape, dtype=dtype)
     assert 0 <= offset and offset + out.size < INDEX_LIMIT
-    k0, k1 = seed_to_key(seed)
+    k0, k1 = kernel_key(seed)
     fill = normal_fill_parallel_kernel if out.size >= PARALLEL_MIN_NORMALS else normal_fill_kernel
     fill(out.reshape(-1), k0, k1, np.int64(offset))
     return out
@@ -348,6 +349,6 @@ def uniform(shape, seed, offset=0, dtype=np.float32):
     """Uniforms of the same stream: element g is uniform_from_bits(word g % 4 of block g // 4)."""
     out = np.empty(shape, dtype=dtype)
     assert 0 <= offset and offset + out.size < INDEX_LIMIT
-    k0, k1 = seed_to_key(seed)
+    k0, k1 = kernel_key(seed)
     uniform_fill_kernel(out.reshape(-1), k0, k1, np.int64(offset))
     return out

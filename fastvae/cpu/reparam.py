@@ -17,22 +17,17 @@ with math.exp, NumPy 4.0-6.8 ns (float32, n = 2560 and 16384, one thread, 10th p
 300 calls).
 """
 import math
-from collections import namedtuple
 
 import numba
 import numpy as np
 from numba.core import types
 from numba.extending import overload
 
+from fastvae import _compose
 from fastvae.cpu._math import exp_f32_via_f64
 from fastvae.cpu._numba import FASTMATH, PARALLEL_MIN_ELEMENTS, jit, jit_parallel
-from fastvae.cpu.random import (CHUNK, INDEX_LIMIT, PARALLEL_PIECE, noise_buffers,
-                                normal_chunk_kernel, seed_to_key)
-
-ReparamCache = namedtuple("ReparamCache", "logvar eps seed offset")
-ReparamCache.__doc__ = """What reparam_backward needs: the forward's logvar (N, L) (a reference, not
-a copy), and either eps (N, L) (given noise; seed is None) or eps None with the stream position
-(seed, offset) of generated noise."""
+from fastvae.cpu.random import (CHUNK, PARALLEL_PIECE, kernel_key, noise_buffers,
+                                normal_chunk_kernel)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,47 +135,54 @@ def reparam_noise_backward_parallel_kernel(dmu, dlogvar, dz, logvar, k0, k1, off
 
 
 # ---------------------------------------------------------------------------------------------
-# launchers (inputs validated by fastvae.ops: C-contiguous (N, L) arrays of one float dtype)
+# launchers (inputs validated by fastvae.ops: C-contiguous (N, L) arrays of one float dtype); the
+# checks and the cache are fastvae/_compose.py's, the same as fastvae/cuda/reparam.py's
 # ---------------------------------------------------------------------------------------------
 def reparam_forward(mu, logvar, eps=None, seed=None, offset=0):
-    """z = mu + exp(logvar / 2) * eps, all (N, L) -> (z, cache).
-
-    eps given: it is used and kept in the cache. eps None: the noise is element (n, l) = normal
-    number ``offset + n L + l`` of the stream of ``seed`` (== fastvae.random.normal((N, L),
-    seed, offset, mu.dtype)), generated in the kernel; the cache keeps (seed, offset), not eps.
-    """
-    assert mu.shape == logvar.shape and mu.dtype == logvar.dtype
-    z = np.empty_like(mu)
-    flat = (z.reshape(-1), mu.reshape(-1), logvar.reshape(-1))
-    if eps is not None:
-        assert eps.shape == mu.shape and eps.dtype == mu.dtype
-        parallel = z.size >= PARALLEL_MIN_ELEMENTS
-        kernel = reparam_forward_parallel_kernel if parallel else reparam_forward_kernel
-        kernel(*flat, eps.reshape(-1))
-        return z, ReparamCache(logvar, eps, None, 0)
-    assert seed is not None, "reparam_forward needs eps or seed"
-    assert 0 <= offset and offset + z.size < INDEX_LIMIT
-    parallel = z.size >= PARALLEL_MIN_ELEMENTS
-    kernel = reparam_noise_forward_parallel_kernel if parallel else reparam_noise_forward_kernel
-    kernel(*flat, *seed_to_key(seed), np.int64(offset))
-    return z, ReparamCache(logvar, None, int(seed), int(offset))
+    """z = mu + exp(logvar / 2) * eps, all (N, L) -> (z, cache), eps given or generated
+    from (seed, offset) in the kernel: fastvae/_compose.py::reparam_forward."""
+    return _compose.reparam_forward(_forward_given, _forward_generated, mu, logvar, eps, seed,
+                                    offset)
 
 
 def reparam_backward(dz, cache):
-    """-> (dmu, dlogvar), new (N, L) arrays (nothing is overwritten or accumulated into):
-    dmu = dz (a copy), dlogvar = dz * eps * exp(logvar / 2) / 2, with eps the cached noise or
-    the same generated noise regenerated from (seed, offset)."""
-    logvar, eps, seed, offset = cache
-    assert dz.shape == logvar.shape and dz.dtype == logvar.dtype
+    """-> (dmu, dlogvar), new (N, L) arrays: fastvae/_compose.py::reparam_backward."""
+    return _compose.reparam_backward(_backward_given, _backward_generated, dz, cache)
+
+
+def _parallel(a):
+    return a.size >= PARALLEL_MIN_ELEMENTS
+
+
+def _flat(*arrays):
+    return tuple(a.reshape(-1) for a in arrays)
+
+
+def _forward_given(mu, logvar, eps):
+    z = np.empty_like(mu)
+    kernel = reparam_forward_parallel_kernel if _parallel(z) else reparam_forward_kernel
+    kernel(*_flat(z, mu, logvar, eps))
+    return z
+
+
+def _forward_generated(mu, logvar, seed, offset):
+    z = np.empty_like(mu)
+    kernel = (reparam_noise_forward_parallel_kernel if _parallel(z)
+              else reparam_noise_forward_kernel)
+    kernel(*_flat(z, mu, logvar), *kernel_key(seed), np.int64(offset))
+    return z
+
+
+def _backward_given(dz, logvar, eps):
     dmu, dlogvar = np.empty_like(dz), np.empty_like(dz)
-    flat = (dmu.reshape(-1), dlogvar.reshape(-1), dz.reshape(-1), logvar.reshape(-1))
-    if eps is not None:
-        parallel = dz.size >= PARALLEL_MIN_ELEMENTS
-        kernel = reparam_backward_parallel_kernel if parallel else reparam_backward_kernel
-        kernel(*flat, eps.reshape(-1))
-    else:
-        parallel = dz.size >= PARALLEL_MIN_ELEMENTS
-        kernel = (reparam_noise_backward_parallel_kernel if parallel
-                  else reparam_noise_backward_kernel)
-        kernel(*flat, *seed_to_key(seed), np.int64(offset))
+    kernel = reparam_backward_parallel_kernel if _parallel(dz) else reparam_backward_kernel
+    kernel(*_flat(dmu, dlogvar, dz, logvar, eps))
+    return dmu, dlogvar
+
+
+def _backward_generated(dz, logvar, seed, offset):
+    dmu, dlogvar = np.empty_like(dz), np.empty_like(dz)
+    kernel = (reparam_noise_backward_parallel_kernel if _parallel(dz)
+              else reparam_noise_backward_kernel)
+    kernel(*_flat(dmu, dlogvar, dz, logvar), *kernel_key(seed), np.int64(offset))
     return dmu, dlogvar

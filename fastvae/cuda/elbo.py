@@ -17,13 +17,12 @@ are rounded once to the input dtype.
 """
 import numpy as np
 
+from fastvae._reference import LIKELIHOODS
 from fastvae.cuda import _module
 from fastvae.cuda import kl as _kl
 from fastvae.cuda import loglik as _loglik
 from fastvae.cuda._module import array_module, dtype_suffix, kernel
 from fastvae.cuda.loglik import gaussian_dlogvar_reduce, gaussian_inv_var, row_blocks
-
-LIKELIHOODS = ("bernoulli", "gaussian")
 
 # One block per row (block-strided): threads over D = 784, then over L = 20.
 THREADS_PER_BLOCK = _module.THREADS_PER_BLOCK

@@ -12,14 +12,12 @@ logvar, eps, likelihood, dec_logvar) -> (logw, (x, dec_out, mu, sigma, eps, inv_
 ``-1/2 (D log 2 pi + sum dec_logvar)`` is a (1,) float64 device array read by the kernel, not a
 Python float.
 """
-import math
-
 import numpy as np
 
+from fastvae._reference import LIKELIHOODS, LOG_2PI
+from fastvae import _compose
+from fastvae.cuda import logsumexp
 from fastvae.cuda._module import array_module, cdiv, dtype_suffix, kernel
-from fastvae.cuda.logsumexp import logsumexp_backward, logsumexp_forward
-
-LOG_2PI = math.log(2.0 * math.pi)
 
 # 256 threads = 8 warps per block: 8 (n, k) pairs (forward) or 8 (n, l) entries (backward latent)
 # per block, or the columns of one block of pairs (backward ddec_out). Not yet measured on a GPU.
@@ -36,19 +34,15 @@ PAIRS_PER_BLOCK = 16
 # iwae estimate
 # ---------------------------------------------------------------------------------------------
 def iwae_forward(logw):
-    """``est_n = logsumexp_k(logw_nk) - log K``: logw (N, K) -> (est (N,), cache).
-
-    ``cache = (logw, lse)`` as logsumexp_forward's: the backward needs lse itself (rebuilding
-    it as est + log K would cost an ulp of |lse| in every weight)."""
-    lse, cache = logsumexp_forward(logw)
-    est = (lse.astype(np.float64) - math.log(logw.shape[1])).astype(logw.dtype)   # N values
-    return est, cache
+    """``est_n = logsumexp_k(logw_nk) - log K``: logw (N, K) -> (est (N,), (logw, lse));
+    fastvae/_compose.py::iwae_forward over fastvae/cuda/logsumexp.py."""
+    return _compose.iwae_forward(logsumexp, logw)
 
 
 def iwae_backward(dest, cache):
-    """``dlogw_nk = dest_n softmax_k(logw_n)`` (N, K), the normalized importance weights times
-    dest; 0 on an all -inf row. A new array (overwrites nothing)."""
-    return logsumexp_backward(dest, cache)
+    """``dlogw_nk = dest_n softmax_k(logw_n)`` (N, K), a new array;
+    fastvae/_compose.py::iwae_backward."""
+    return _compose.iwae_backward(logsumexp, dest, cache)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -65,8 +59,8 @@ def log_weight_forward(x, dec_out, mu, logvar, eps, likelihood="bernoulli", dec_
     x (N, D); dec_out (N, K, D) = decoder(z) (logits for "bernoulli", means for "gaussian");
     mu, logvar (N, L); eps (N, K, L); dec_logvar (D,) for "gaussian" -> (logw (N, K), cache).
     """
-    if likelihood not in ("bernoulli", "gaussian"):
-        raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
     xp = array_module(x)
     n, k, d = dec_out.shape
     n_l = mu.shape[1]

@@ -12,6 +12,7 @@ tests set it to NumPy and run the unchanged kernels on the CPU through the harne
 import numpy as np
 
 from fastvae import _device
+from fastvae._reference import INDEX_LIMIT, seed_to_key
 from fastvae.cuda import _module
 from fastvae.cuda._module import cdiv, dtype_suffix, kernel
 
@@ -25,12 +26,6 @@ ARRAY_MODULE = None
 
 def _xp():
     return _device.xp("cuda") if ARRAY_MODULE is None else ARRAY_MODULE
-
-
-def seed_to_key(seed):
-    """seed in [0, 2^64) -> (k0, k1) as np.uint32 scalars, the kernels' key arguments."""
-    seed = int(seed)
-    return np.uint32(seed & 0xFFFFFFFF), np.uint32((seed >> 32) & 0xFFFFFFFF)
 
 
 def _grid(n_threads):
@@ -65,9 +60,9 @@ def _fill(name, shape, seed, offset, dtype):
     xp = _xp()
     out = xp.empty(shape, dtype=dtype)
     n = out.size
-    assert 0 <= offset and offset + n < 1 << 62
+    assert 0 <= offset and offset + n < INDEX_LIMIT
     if n:
-        k0, k1 = seed_to_key(seed)
+        k0, k1 = seed_to_key(seed)   # uint32 scalars, the kernels' key arguments
         kernel("random", f"{name}_kernel_{dtype_suffix(out.dtype)}")(
             *_grid(_philox_blocks(offset, n)), (out, k0, k1, np.int64(offset), np.int64(n)))
     return out

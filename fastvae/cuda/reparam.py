@@ -1,7 +1,8 @@
 """Reparameterized sampling ``z = mu + exp(logvar / 2) * eps`` and its backward on the GPU:
 launchers of kernels/reparam.cu.
 
-Same public names, signatures and cache semantics as fastvae/cpu/reparam.py: with ``eps`` given
+Same public names, signatures and cache semantics as fastvae/cpu/reparam.py (one composition of
+both, fastvae/_compose.py::reparam_forward, reparam_backward): with ``eps`` given
 it is read and kept in the cache; without, element (n, l) uses the normal of global index
 ``offset + n L + l`` of the Philox stream of ``seed`` (== fastvae.cuda.random.normal((N, L), seed,
 offset, mu.dtype)), generated inside the kernel, and the cache keeps ``(seed, offset)``: the
@@ -9,25 +10,18 @@ backward regenerates the same noise instead of storing it.
 
 Inputs arrive validated (fastvae.ops): C-contiguous (N, L) arrays of one float dtype.
 """
-from collections import namedtuple
-
 import numpy as np
 
+from fastvae import _compose
 from fastvae.cuda import _module
 from fastvae.cuda._module import array_module, cdiv, dtype_suffix, kernel
-from fastvae.cuda.random import seed_to_key
-
-ReparamCache = namedtuple("ReparamCache", "logvar eps seed offset")
-ReparamCache.__doc__ = """What reparam_backward needs (the fields of fastvae.cpu.reparam's cache):
-the forward's logvar (N, L) (a reference, not a copy), and either eps (N, L) (given noise; seed is
-None) or eps None with the stream position (seed, offset) of generated noise."""
+from fastvae._reference import seed_to_key
 
 # Elementwise, memory-bound (given noise) or Philox-bound (generated noise): the streaming
 # defaults of fastvae/cuda/_module.py.
 THREADS_PER_BLOCK = _module.THREADS_PER_BLOCK
 # Grid cap for the grid-stride loops; larger arrays loop.
 MAX_BLOCKS = _module.MAX_BLOCKS
-INDEX_LIMIT = 1 << 62   # offset + size (global noise indices are int64 in the kernels)
 
 
 def _grid(n_threads):
@@ -41,49 +35,47 @@ def _noise_threads(offset, n):
 
 
 def reparam_forward(mu, logvar, eps=None, seed=None, offset=0):
-    """z = mu + exp(logvar / 2) * eps, all (N, L) -> (z, cache); z a new array.
-
-    eps given: it is used and kept in the cache. eps None: the noise is element (n, l) = normal
-    number ``offset + n L + l`` of the stream of ``seed``, generated in the kernel; the cache keeps
-    (seed, offset), not eps.
-    """
-    assert mu.shape == logvar.shape and mu.dtype == logvar.dtype
-    xp = array_module(mu)
-    z = xp.empty_like(mu)
-    n = z.size
-    suffix = dtype_suffix(mu.dtype)
-    if eps is not None:
-        assert eps.shape == mu.shape and eps.dtype == mu.dtype
-        if n:
-            kernel("reparam", f"reparam_forward_kernel_{suffix}")(
-                *_grid(n), (z, mu, logvar, eps, np.int64(n)))
-        return z, ReparamCache(logvar, eps, None, 0)
-    assert seed is not None, "reparam_forward needs eps or seed"
-    assert 0 <= offset and offset + n < INDEX_LIMIT
-    if n:
-        kernel("reparam", f"reparam_noise_forward_kernel_{suffix}")(
-            *_grid(_noise_threads(offset, n)),
-            (z, mu, logvar, *seed_to_key(seed), np.int64(offset), np.int64(n)))
-    return z, ReparamCache(logvar, None, int(seed), int(offset))
+    """z = mu + exp(logvar / 2) * eps, all (N, L) -> (z, cache), eps given or generated
+    from (seed, offset) in the kernel: fastvae/_compose.py::reparam_forward."""
+    return _compose.reparam_forward(_forward_given, _forward_generated, mu, logvar, eps, seed,
+                                    offset)
 
 
 def reparam_backward(dz, cache):
-    """-> (dmu, dlogvar), new (N, L) arrays (nothing is overwritten or accumulated into):
-    dmu = dz (a copy), dlogvar = dz * eps * exp(logvar / 2) / 2, with eps the cached noise or
-    the same generated noise regenerated from (seed, offset)."""
-    logvar, eps, seed, offset = cache
-    assert dz.shape == logvar.shape and dz.dtype == logvar.dtype
+    """-> (dmu, dlogvar), new (N, L) arrays: fastvae/_compose.py::reparam_backward."""
+    return _compose.reparam_backward(_backward_given, _backward_generated, dz, cache)
+
+
+def _launch(name, n_threads, args, n):
+    # kernels/reparam.cu::<name>_<f32|f64>(args..., n) on a grid for n_threads; none for n = 0
+    if n:
+        kernel("reparam", f"{name}_{dtype_suffix(args[0].dtype)}")(
+            *_grid(n_threads), (*args, np.int64(n)))
+
+
+def _forward_given(mu, logvar, eps):
+    z = array_module(mu).empty_like(mu)
+    _launch("reparam_forward_kernel", z.size, (z, mu, logvar, eps), z.size)
+    return z
+
+
+def _forward_generated(mu, logvar, seed, offset):
+    z, n = array_module(mu).empty_like(mu), mu.size
+    _launch("reparam_noise_forward_kernel", _noise_threads(offset, n),
+            (z, mu, logvar, *seed_to_key(seed), np.int64(offset)), n)
+    return z
+
+
+def _backward_given(dz, logvar, eps):
     xp = array_module(dz)
     dmu, dlogvar = xp.empty_like(dz), xp.empty_like(dz)
-    n = dz.size
-    if n == 0:
-        return dmu, dlogvar
-    suffix = dtype_suffix(dz.dtype)
-    if eps is not None:
-        kernel("reparam", f"reparam_backward_kernel_{suffix}")(
-            *_grid(n), (dmu, dlogvar, dz, logvar, eps, np.int64(n)))
-    else:
-        kernel("reparam", f"reparam_noise_backward_kernel_{suffix}")(
-            *_grid(_noise_threads(offset, n)),
-            (dmu, dlogvar, dz, logvar, *seed_to_key(seed), np.int64(offset), np.int64(n)))
+    _launch("reparam_backward_kernel", dz.size, (dmu, dlogvar, dz, logvar, eps), dz.size)
+    return dmu, dlogvar
+
+
+def _backward_generated(dz, logvar, seed, offset):
+    xp, n = array_module(dz), dz.size
+    dmu, dlogvar = xp.empty_like(dz), xp.empty_like(dz)
+    _launch("reparam_noise_backward_kernel", _noise_threads(offset, n),
+            (dmu, dlogvar, dz, logvar, *seed_to_key(seed), np.int64(offset)), n)
     return dmu, dlogvar

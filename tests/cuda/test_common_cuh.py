@@ -12,18 +12,11 @@ from fastvae.cuda import _module
 from tests.cuda.conftest import HOST_UNAVAILABLE
 from tests.cuda_host.cuda_host import ORDERS, HostModule, thread_order
 from tests.helpers import assert_close3
+from tests.test_random import BIG, KAT, SEED   # Random123 kat_vectors, "philox4x32 10"
 
 CHECK_CU = pathlib.Path(__file__).resolve().parent / "kernels" / "check_common.cu"
 pytestmark = pytest.mark.skipif(HOST_UNAVAILABLE is not None, reason=str(HOST_UNAVAILABLE))
 
-KAT = [   # Random123 kat_vectors, "philox4x32 10" (as tests/test_random.py)
-    ([0x00000000] * 4, [0x00000000] * 2, [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]),
-    ([0xFFFFFFFF] * 4, [0xFFFFFFFF] * 2, [0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD]),
-    ([0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344], [0xA4093822, 0x299F31D0],
-     [0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1]),
-]
-SEED = 0x1234_5678_9ABC_DEF0
-BIG = 4 * 2 ** 32 - 6   # blocks cross b = 2^32 (counter word 1 goes 0 -> 1)
 
 
 @pytest.fixture(scope="module")

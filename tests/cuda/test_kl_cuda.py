@@ -7,9 +7,9 @@ handles several rows); the gpu-marked test runs them on CuPy arrays against the 
 import numpy as np
 import pytest
 
-from fastvae import _reference as ref
 from fastvae.cuda import kl
 from tests.helpers import check3
+from tests.test_kl import kl_inputs, ref_kl   # the CPU tests' inputs and reference
 
 # (N, L): one element, L < 32, L > 32 (several elements per lane), N > warps of the tiny grid.
 SIZES = [(1, 1), (3, 31), (37, 20), (5, 70)]
@@ -19,15 +19,6 @@ def fast_kl(mu, logvar, dkl):
     out, cache = kl.kl_forward(mu, logvar)
     assert cache[0] is mu and cache[1] is logvar
     return (out,) + kl.kl_backward(dkl, cache)
-
-
-def ref_kl(mu, logvar, dkl):
-    out, cache = ref.kl_forward(mu, logvar)
-    return (out,) + ref.kl_backward(dkl, cache)
-
-
-def kl_inputs(rng, n, l):
-    return rng.standard_normal((n, l)), rng.standard_normal((n, l)), rng.standard_normal(n)
 
 
 @pytest.mark.parametrize("shape", SIZES)

@@ -8,9 +8,9 @@ against the CPU backend.
 import numpy as np
 import pytest
 
-from fastvae import _reference as ref
 from fastvae.cuda import loglik
 from tests.helpers import check3
+from tests.test_loglik import ref_bernoulli, ref_gaussian   # the CPU tests' references
 
 # (N, D): one element, D < one warp, D > a tiny block (several per thread), D > a real block.
 # (37, 20): several rows per Gaussian row block in both launch configurations.
@@ -23,20 +23,10 @@ def fast_bernoulli(x, logits, dll):
     return out, loglik.bernoulli_loglik_backward(dll, cache)
 
 
-def ref_bernoulli(x, logits, dll):
-    out, cache = ref.bernoulli_loglik_forward(x, logits)
-    return out, ref.bernoulli_loglik_backward(dll, cache)
-
-
 def fast_gaussian(x, mean, logvar, dll):
     out, cache = loglik.gaussian_loglik_forward(x, mean, logvar)
     assert cache[:3] == (x, mean, logvar) and cache[3].dtype == np.float64
     return (out,) + loglik.gaussian_loglik_backward(dll, cache)
-
-
-def ref_gaussian(x, mean, logvar, dll):
-    out, cache = ref.gaussian_loglik_forward(x, mean, logvar)
-    return (out,) + ref.gaussian_loglik_backward(dll, cache)
 
 
 def bernoulli_inputs(rng, n, d):

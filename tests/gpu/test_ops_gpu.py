@@ -111,25 +111,26 @@ def _elbo_inputs(likelihood):
     return x, logits, mu, logvar, dec_logvar, _normal(N)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
-def test_elbo_forward_and_backward(dev, likelihood, dtype):
+def _elbo(likelihood, fused):
+    """The ELBO's forward and backward (beta 0.7), or the fused loss and gradients (beta 1.3)."""
     def run(x, dec_out, mu, logvar, dec_logvar, delbo):
+        if fused:
+            loss, grads = ops.elbo_loss_and_grads(x, dec_out, mu, logvar, likelihood=likelihood,
+                                                  dec_logvar=dec_logvar, beta=1.3)
+            assert isinstance(loss, float), type(loss)
+            return (loss,) + tuple(grads)
         elbo, cache = ops.elbo_forward(x, dec_out, mu, logvar, likelihood=likelihood,
                                        dec_logvar=dec_logvar, beta=0.7)
         return (elbo,) + tuple(ops.elbo_backward(delbo, cache))
-    assert_matches_cpu(dev, run, _elbo_inputs(likelihood), dtype, name=f"elbo {likelihood}")
+    return run
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fused", [False, True], ids=["forward-backward", "fused"])
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
-def test_elbo_loss_and_grads(dev, likelihood, dtype):
-    def run(x, dec_out, mu, logvar, dec_logvar, _):
-        loss, grads = ops.elbo_loss_and_grads(x, dec_out, mu, logvar, likelihood=likelihood,
-                                              dec_logvar=dec_logvar, beta=1.3)
-        assert isinstance(loss, float), type(loss)
-        return (loss,) + tuple(grads)
-    assert_matches_cpu(dev, run, _elbo_inputs(likelihood), dtype, name=f"fused {likelihood}")
+def test_elbo(dev, likelihood, fused, dtype):
+    assert_matches_cpu(dev, _elbo(likelihood, fused), _elbo_inputs(likelihood), dtype,
+                       name=f"elbo {likelihood} fused={fused}")
 
 
 def _log_weights():
