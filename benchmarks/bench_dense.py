@@ -4,12 +4,15 @@ flops (elementwise work ignored, i.e. the bias, the activation and its derivativ
   forward  2 N I O           (x @ W)
   backward 4 N I O           (dx = da @ W.T and dW = x.T @ da; need_dx=True in every case)
 Layers of the VAE: encoder 784->400 relu, 400->20 identity (mu/logvar head), decoder 20->400
-relu, 400->784 sigmoid (Bernoulli mean) or identity (logits).
+relu, 400->784 sigmoid (Bernoulli mean) or identity (logits). The NumPy layer is the one
+``fastvae bench --only ops`` times (fastvae/bench/workloads.py).
 """
 import numpy as np
 import pytest
 
 import common
+from fastvae.bench.workloads import numpy_dense_backward as numpy_backward
+from fastvae.bench.workloads import numpy_dense_forward as numpy_forward
 from fastvae.cpu import dense
 
 # 0.25 s per case instead of pytest-benchmark's 1 s: 30 cases, and run_pair repeats the NumPy
@@ -19,25 +22,6 @@ pytestmark = pytest.mark.benchmark(max_time=0.25)
 LAYERS = [(784, 400, "relu"), (400, 20, "identity"), (20, 400, "relu"), (400, 784, "sigmoid"),
           (400, 784, "identity")]
 BATCHES = [32, 128, 512]
-
-
-def numpy_forward(x, W, b, activation):
-    a = x @ W + b
-    if activation == "relu":
-        return np.maximum(a, 0)
-    if activation == "sigmoid":
-        return 1 / (1 + np.exp(-a))
-    return a
-
-
-def numpy_backward(dy, x, W, y, activation):
-    if activation == "relu":
-        da = dy * (y > 0)
-    elif activation == "sigmoid":
-        da = dy * (y * (1 - y))
-    else:
-        da = dy
-    return da @ W.T, x.T @ da, da.sum(axis=0)
 
 
 def make_case(N, I, O):

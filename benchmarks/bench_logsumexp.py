@@ -1,4 +1,5 @@
-"""Log-sum-exp over rows: fastvae.cpu.logsumexp vs plain NumPy and scipy.special.logsumexp.
+"""Log-sum-exp over rows: fastvae.cpu.logsumexp vs plain NumPy (the forward that ``fastvae bench
+--only ops`` times, fastvae/bench/workloads.py) and scipy.special.logsumexp.
 
 bytes per call (float32, 4 bytes/element):
   forward   reads a (N K), writes lse (N):                            4 (N K + N)
@@ -20,16 +21,12 @@ import pytest
 import scipy.special
 
 import common
+from fastvae.bench.workloads import numpy_logsumexp as numpy_forward
 from fastvae.cpu import _math
 from fastvae.cpu import logsumexp as lse
 from fastvae.cpu._numba import jit
 
 SIZES = [(128, 1000), (128, 5000), (4096, 100)]
-
-
-def numpy_forward(a):
-    m = a.max(axis=1)
-    return m + np.log(np.exp(a - m[:, None]).sum(axis=1))
 
 
 def numpy_backward(dlse, a, out):

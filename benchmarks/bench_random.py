@@ -13,6 +13,7 @@ import fastvae.random as frandom
 from fastvae import _reference as ref
 
 SEED = 2024
+NORMAL_SIZES = [1 << 14, 10 ** 5, 10 ** 6, 3 * 10 ** 6, 10 ** 7]   # float32; float64 at 10^6
 
 
 def check_normal(n, dtype):
@@ -23,24 +24,15 @@ def check_normal(n, dtype):
     assert abs(float(z.mean())) < 6 / np.sqrt(n) and abs(float(z.var()) - 1) < 6 * np.sqrt(2 / n)
 
 
-@pytest.mark.parametrize("n", [1 << 14, 10 ** 5, 10 ** 6, 3 * 10 ** 6, 10 ** 7])
-def test_normal_float32(benchmark, n):
-    check_normal(n, np.float32)
+@pytest.mark.parametrize("n,dtype", [(n, np.float32) for n in NORMAL_SIZES] +
+                         [(10 ** 6, np.float64)], ids=lambda v: getattr(v, "__name__", str(v)))
+def test_normal(benchmark, n, dtype):
+    check_normal(n, dtype)
     rng = np.random.default_rng(0)
-    common.run_pair(benchmark, lambda: frandom.normal(n, SEED, 0, np.float32),
-                    lambda: rng.standard_normal(n, dtype=np.float32),
-                    op="normal", size=n, dtype=np.float32, nbytes=4.0 * n,
-                    cuda_fn=common.cuda_call("random", "normal", n, SEED, 0, np.float32))
-
-
-@pytest.mark.parametrize("n", [10 ** 6])
-def test_normal_float64(benchmark, n):
-    check_normal(n, np.float64)
-    rng = np.random.default_rng(0)
-    common.run_pair(benchmark, lambda: frandom.normal(n, SEED, 0, np.float64),
-                    lambda: rng.standard_normal(n, dtype=np.float64),
-                    op="normal", size=n, dtype=np.float64, nbytes=8.0 * n,
-                    cuda_fn=common.cuda_call("random", "normal", n, SEED, 0, np.float64))
+    common.run_pair(benchmark, lambda: frandom.normal(n, SEED, 0, dtype),
+                    lambda: rng.standard_normal(n, dtype=dtype),
+                    op="normal", size=n, dtype=dtype, nbytes=np.dtype(dtype).itemsize * float(n),
+                    cuda_fn=common.cuda_call("random", "normal", n, SEED, 0, dtype))
 
 
 @pytest.mark.parametrize("n", [10 ** 6])

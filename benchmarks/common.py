@@ -1,4 +1,5 @@
-"""Shared benchmark plumbing: machine probes and the ratio table.
+"""Shared benchmark plumbing: the machine probes and the ratio table, on the ``fastvae bench``
+suite's probes and timing (fastvae/bench/probes.py, fastvae/bench/timing.py).
 
 Every benchmark times fastvae and the same work in plain NumPy, both through pytest-benchmark
 (warm-up on, median of >= 7 rounds), and records the pair with ``record``. At the end of the run
@@ -9,83 +10,28 @@ same run (at the start and at the end, since this machine drifts by 30-50%).
 Where a CUDA GPU works (``gpu_unavailable_reason()`` is None), a benchmark may also pass
 ``cuda_fn``: a zero-arg callable on CuPy arrays (build it with ``maybe_cuda``, ``cuda_call`` or
 ``cuda_backward``, which return None without a GPU and import nothing CUDA-related then). It is
-timed with CUDA events after warm-up (``cuda_time_seconds``) and its rate compared with the
-device's sgemm rate or copy bandwidth, probed next to the CPU ones.
+timed with CUDA events after warm-up (``timing.cuda_median_seconds``) and its rate compared with
+the device's sgemm rate or copy bandwidth, probed next to the CPU ones.
+
+With ``--benchmark-disable`` nothing is timed: each benchmark checks its result against NumPy
+and calls every contender once (a smoke run), and no table is printed.
 """
 import functools
 import importlib
-import time
 
 import numpy as np
 
-from fastvae.bench.timing import cuda_median_seconds
-from fastvae.bench.timing import gpu_unavailable_reason as _gpu_unavailable_reason
+from fastvae.bench import probes, timing
 
 RESULTS = []   # one dict per recorded benchmark, filled by record()
 PROBES = {}    # "start"/"end" -> probe dict
 
+# The probe columns of benchmark-ops.json, from fastvae/bench/probes.py's keys.
+_PROBE_COLUMNS = {(probes.GEMM_KEY, "gflops"): "gemm_gflops_f32",
+                  (probes.COPY_KEY, "gbs"): "copy_gbs"}
 
-def _best_seconds(fn, repeats=7):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
-def gemm_gflops(dtype=np.float32, m=128, k=784, n=400):
-    """float32 GEMM rate of NumPy's BLAS on a VAE-shaped product (batch 128, 784x400).
-    flops = 2 m k n."""
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((m, k)).astype(dtype)
-    b = rng.standard_normal((k, n)).astype(dtype)
-    reps = 20
-    seconds = _best_seconds(lambda: [a @ b for _ in range(reps)]) / reps
-    return 2.0 * m * k * n / seconds / 1e9
-
-
-def copy_gbs(n_bytes=64 << 20):
-    """Copy bandwidth: bytes read + bytes written per second for a 64 MiB np.copyto."""
-    src = np.ones(n_bytes // 8)
-    dst = np.empty_like(src)
-    seconds = _best_seconds(lambda: np.copyto(dst, src))
-    return 2.0 * n_bytes / seconds / 1e9
-
-
-# ---------------------------------------------------------------------------------------------
-# CUDA (CuPy); every entry point is guarded by gpu_unavailable_reason()
-# ---------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
-def gpu_unavailable_reason():
-    """None when CuPy imports and a CUDA device runs a kernel; otherwise why not (one line)."""
-    return _gpu_unavailable_reason()
-
-
-def cuda_time_seconds(fn, repeats=25, warmup=3):
-    """Median seconds of one ``fn()`` on the GPU between two CUDA events (fastvae.bench.timing)."""
-    return cuda_median_seconds(fn, reps=repeats, warmup=warmup)
-
-
-def gpu_gemm_gflops(m=128, k=784, n=400):
-    """float32 GEMM rate of CuPy (cuBLAS) on the same VAE-shaped product as gemm_gflops."""
-    import cupy
-    rng = np.random.default_rng(0)
-    a = cupy.asarray(rng.standard_normal((m, k)).astype(np.float32))
-    b = cupy.asarray(rng.standard_normal((k, n)).astype(np.float32))
-    reps = 20
-    seconds = cuda_time_seconds(lambda: [a @ b for _ in range(reps)]) / reps
-    return 2.0 * m * k * n / seconds / 1e9
-
-
-def gpu_copy_gbs(n_bytes=256 << 20):
-    """Device copy bandwidth: bytes read + written per second for a 256 MiB cupy.copyto."""
-    import cupy
-    src = cupy.ones(n_bytes // 8)
-    dst = cupy.empty_like(src)
-    seconds = cuda_time_seconds(lambda: cupy.copyto(dst, src))
-    return 2.0 * n_bytes / seconds / 1e9
+# None when CuPy runs a kernel on a CUDA device, else why not; read once per run.
+gpu_unavailable_reason = functools.lru_cache(maxsize=None)(timing.gpu_unavailable_reason)
 
 
 def cuda_module(stem):
@@ -127,14 +73,13 @@ def cuda_backward(stem, op, dout, *fwd_args, **fwd_kwargs):
 
 
 def probe(label):
-    PROBES[label] = {"gemm_gflops_f32": gemm_gflops(), "copy_gbs": copy_gbs()}
-    if gpu_unavailable_reason() is None:
-        PROBES[label].update(gpu_gemm_gflops_f32=gpu_gemm_gflops(), gpu_copy_gbs=gpu_copy_gbs())
+    """PROBES[label]: the per-op GEMM rate and copy bandwidth of NumPy (and of CuPy, prefixed
+    ``gpu_``, where a GPU works), from fastvae/bench/probes.py."""
+    measured = probes.measure(probes.op_plan(), gpu=gpu_unavailable_reason() is None)
+    PROBES[label] = {prefix + column: measured[device][key][metric]
+                     for prefix, device in (("", "cpu"), ("gpu_", "gpu")) if measured[device]
+                     for (key, metric), column in _PROBE_COLUMNS.items()}
     return PROBES[label]
-
-
-def median_seconds(benchmark):
-    return float(benchmark.stats.stats.median)
 
 
 def record(op, size, dtype, fastvae_s, numpy_s, flops=None, nbytes=None, cuda_s=None):
@@ -145,11 +90,17 @@ def record(op, size, dtype, fastvae_s, numpy_s, flops=None, nbytes=None, cuda_s=
 
 
 def run_pair(benchmark, fastvae_fn, numpy_fn, cuda_fn=None, **record_kwargs):
-    """Time fastvae with pytest-benchmark and the NumPy version with the same median method,
-    interleaved by calling each once before the other is measured; time ``cuda_fn`` (None: no
-    GPU or no CUDA launcher) with CUDA events; then record the row."""
+    """Time fastvae with pytest-benchmark and the NumPy version by its median over as many
+    calls (timing.median_seconds), interleaved by calling each once before the other is
+    measured; time ``cuda_fn`` (None: no GPU or no CUDA launcher) with CUDA events; then record
+    the row. Under --benchmark-disable: one call each, nothing recorded."""
     numpy_fn()
     benchmark(fastvae_fn)
-    numpy_s = _best_seconds(numpy_fn, repeats=min(max(7, benchmark.stats.stats.rounds), 200))
-    cuda_s = None if cuda_fn is None else cuda_time_seconds(cuda_fn)
-    record(fastvae_s=median_seconds(benchmark), numpy_s=numpy_s, cuda_s=cuda_s, **record_kwargs)
+    if benchmark.disabled:
+        if cuda_fn is not None:
+            cuda_fn()
+        return
+    stats = benchmark.stats.stats
+    numpy_s = timing.median_seconds(numpy_fn, min(max(7, stats.rounds), 200))
+    cuda_s = None if cuda_fn is None else timing.cuda_median_seconds(cuda_fn)
+    record(fastvae_s=float(stats.median), numpy_s=numpy_s, cuda_s=cuda_s, **record_kwargs)

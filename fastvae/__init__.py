@@ -2,13 +2,13 @@
 
 ``fastvae.VAE`` is the trainable model; ``fastvae.ops`` the functional API over the kernels (NumPy
 arrays run the Numba CPU backend); ``fastvae.random`` the counter-based Philox4x32-10 generator
-shared by every backend; ``fastvae.datasets`` the dataset readers. Everything loads on first use,
-so ``import fastvae`` stays cheap.
+shared by every backend; ``fastvae.data`` the dataset readers and checks. Everything loads on
+first use, so ``import fastvae`` stays cheap.
 """
 import importlib
 
 __version__ = "0.1.0"
-_SUBMODULES = ("ops", "random", "datasets", "data", "model", "train", "eval", "figures",
+_SUBMODULES = ("ops", "random", "data", "model", "train", "eval", "figures",
                "torch", "jax", "distributed")   # the last three need optional extras
 _NAMES = {"VAE": "model", "TrainingDiverged": "train", "TrainingInterrupted": "train",
           "CheckpointNotWritten": "train", "CheckpointError": "checkpoint",

@@ -11,6 +11,8 @@ import time
 
 import numpy as np
 
+from ._reference import LIKELIHOODS
+
 # Exit codes: one per kind of expected failure, so scripts can tell them apart.
 EXIT_OK = 0
 EXIT_BUG = 1             # an unexpected exception: a traceback is printed (please report it)
@@ -31,16 +33,54 @@ def _add_data(p):
                         "or a path to .npy/.npz/IDX rows in [0, 1] (default: auto)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that may take its options from ``add_arguments(parser)``, called the
+    first time it parses: ``fastvae bench`` takes its options from fastvae/bench/__init__.py,
+    imported only then, so ``import fastvae.cli``, ``fastvae --help`` and ``fastvae train`` load
+    no benchmark code."""
+
+    def __init__(self, *args, add_arguments=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._add_arguments = add_arguments
+
+    def parse_known_args(self, args=None, namespace=None):
+        add, self._add_arguments = self._add_arguments, None
+        if add is not None:
+            add(self)
+        return super().parse_known_args(args, namespace)
+
+
+def _add_bench_arguments(p):
+    from .bench import add_arguments   # no NumPy: the bench workers set their threads first
+    add_arguments(p)
+
+
 def _parser():
-    parser = argparse.ArgumentParser(prog="fastvae", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="fastvae", description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, metavar="N",
                         help="CPU threads for training and evaluation (default: the CPUs this "
                              "process may use, or FASTVAE_NUM_THREADS)")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub.add_parser("train", help="train a VAE and write a checkpoint"))
+    _add_evaluate(sub.add_parser("evaluate",
+                                 help="test ELBO and importance-weighted log-likelihood"))
+    f = sub.add_parser("figures", help="PNG grids of reconstructions and samples, and curves")
+    f.add_argument("checkpoint")
+    _add_data(f)
+    f.add_argument("--out-dir", default="runs")
+    s = sub.add_parser("sample", help="a PNG grid of samples from the prior")
+    s.add_argument("checkpoint")
+    s.add_argument("--n", type=int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default="runs/samples.png")
+    sub.add_parser("bench", add_arguments=_add_bench_arguments,
+                   help="benchmark suite against PyTorch and JAX: table, JSON, figure "
+                        "(peers: pip install 'fastvae[bench]')")
+    return parser
 
-    t = sub.add_parser("train", help="train a VAE and write a checkpoint")
-    _add_data(t)
-    # The architecture flags default to None: a new model gets the defaults below, a resumed
+
+def _add_architecture(t):
+    # The architecture flags default to None: a new model gets NEW_MODEL's values, a resumed
     # one the checkpoint's architecture (giving a flag that contradicts it is an error).
     t.add_argument("--hidden", type=int, nargs="*", metavar="WIDTH",
                    help=f"hidden widths (new model: {' '.join(map(str, NEW_MODEL['hidden']))}; "
@@ -48,12 +88,17 @@ def _parser():
     t.add_argument("--latent", type=int,
                    help=f"latent dimensions (new model: {NEW_MODEL['latent']}; --resume: the "
                         f"checkpoint's)")
-    t.add_argument("--likelihood", choices=("bernoulli", "gaussian"),
+    t.add_argument("--likelihood", choices=LIKELIHOODS,
                    help=f"decoder likelihood (new model: {NEW_MODEL['likelihood']}; --resume: "
                         f"the checkpoint's)")
     t.add_argument("--activation", choices=("relu", "tanh", "softplus", "sigmoid", "identity"),
                    help=f"hidden activation (new model: {NEW_MODEL['activation']}; --resume: "
                         f"the checkpoint's)")
+
+
+def _add_train(t):
+    _add_data(t)
+    _add_architecture(t)
     t.add_argument("--epochs", type=int, default=10,
                    help="total epochs (default 10); with --resume, training continues until "
                         "the model has this many")
@@ -77,7 +122,8 @@ def _parser():
     t.add_argument("--eval-examples", type=int, default=1000,
                    help="test examples for the log-likelihood estimate")
 
-    e = sub.add_parser("evaluate", help="test ELBO and importance-weighted log-likelihood")
+
+def _add_evaluate(e):
     e.add_argument("checkpoint")
     _add_data(e)
     e.add_argument("--K", type=int, default=5000,
@@ -88,23 +134,6 @@ def _parser():
     e.add_argument("--scheduler", metavar="ADDRESS",
                    help="estimate log p(x) on the Dask cluster of this scheduler, e.g. "
                         "tcp://host:8786 (pip install 'fastvae[distributed]')")
-
-    f = sub.add_parser("figures", help="PNG grids of reconstructions and samples, and curves")
-    f.add_argument("checkpoint")
-    _add_data(f)
-    f.add_argument("--out-dir", default="runs")
-
-    s = sub.add_parser("sample", help="a PNG grid of samples from the prior")
-    s.add_argument("checkpoint")
-    s.add_argument("--n", type=int, default=64)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", default="runs/samples.png")
-
-    from .bench import add_arguments as add_bench_arguments   # no NumPy: workers set threads
-    add_bench_arguments(sub.add_parser(
-        "bench", help="benchmark suite against PyTorch and JAX: table, JSON, figure "
-                      "(peers: pip install 'fastvae[bench]')"))
-    return parser
 
 
 def _load_data(name):
@@ -349,13 +378,10 @@ def cmd_bench(args):
 
 
 def _set_threads(n):
-    """--threads N: the pool that runs training and evaluation (fastvae/_threads.py), and
-    Numba's own setting for the row-parallel kernels of fastvae.ops."""
-    import numba
-
+    """--threads N: ``fastvae.set_num_threads`` (fastvae/_threads.py: the pool that runs
+    training and evaluation, and Numba's threads for the row-parallel kernels of fastvae.ops)."""
     from ._threads import set_num_threads
     set_num_threads(n)   # ValueError (a usage error) unless n is a positive int
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
 
 
 def main(argv=None):

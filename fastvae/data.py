@@ -25,6 +25,8 @@ import zlib
 
 import numpy as np
 
+from ._reference import LIKELIHOODS
+
 __all__ = [
     "IDX_TYPES", "read_idx", "load_array", "fashion_mnist_dirs", "find_fashion_mnist",
     "load_fashion_mnist", "load_digits", "Dataset", "load_dataset", "binarize", "check_data",
@@ -42,7 +44,6 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _CHUNK = 16 << 20          # bytes per gzip readinto call, and the target size of a check_data block
 
 DATASET_NAMES = ("fashion-mnist", "digits", "auto")
-LIKELIHOODS = ("bernoulli", "gaussian")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ from .eval import log_likelihood as _log_likelihood_local
 from .model import VAE
 
 # Work per task when the rows arrive as a NumPy array / memmap: 2^18 (x, z) pairs, e.g. 262 rows
-# at K=1000. A task's fixed cost on a local 2-worker cluster (benchmarks/distributed.py, 2-vCPU
+# at K=1000. A task's fixed cost on 2 local workers (benchmarks/dev/dask_cluster.py, 2-vCPU
 # machine): 5.9 ms wall for a trivial fastvae task (K=1, 8 rows), the same as a no-op Dask task
 # on the same chunks (5.8 ms; 9.3 vs 8.6 ms when other jobs loaded the machine), so it is Dask's
 # own; against ~5 s of work for 2^18 pairs of 784-400-20 in float32 on one core (~50k pairs/s):

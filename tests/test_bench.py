@@ -1,7 +1,7 @@
 """The benchmark suite (fastvae/bench): architecture bookkeeping, the peers' models against
-fastvae's, the bound arithmetic, short end-to-end runs of ``fastvae bench`` (with the peers,
-with them hidden, and --under-load), and the under-load process's life cycle. No timing
-assertions."""
+fastvae's, the bound arithmetic and the probes, short end-to-end runs of ``fastvae bench`` (with
+the peers, with them hidden, and --under-load), the under-load process's life cycle, and the CLI
+loading the suite only for ``fastvae bench``. No timing assertions."""
 import importlib.util
 import json
 import math
@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 import types
 
@@ -17,7 +18,7 @@ import pytest
 
 from fastvae import cli
 from fastvae.bench import arch as bench_arch
-from fastvae.bench import report, run, timing, workloads
+from fastvae.bench import probes, report, run, timing, workloads
 from fastvae.model import VAE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -108,6 +109,18 @@ def test_per_op_cases_agree_with_numpy_and_count_their_work():
     assert cases[3].nbytes == 4 * 7 * 652_824
     for c in cases:
         c.fastvae(), c.numpy()
+
+
+def test_probes_measure_every_planned_product_in_its_metric():
+    out = probes.measure(probes.op_plan())
+    assert out["gpu"] is None and set(out["cpu"]) == {probes.GEMM_KEY, probes.COPY_KEY}
+    gemm, copy = out["cpu"][probes.GEMM_KEY], out["cpu"][probes.COPY_KEY]
+    assert gemm["gflops"] == pytest.approx(2 * 128 * 784 * 400 / gemm["seconds"] / 1e9)
+    assert copy["gbs"] == pytest.approx(2 * probes.COPY_BYTES / copy["seconds"] / 1e9)
+    assert probes.sgemm_gflops() > 0
+    plan = run.probe_plan(types.SimpleNamespace(only=["train", "ops"], batches=[16]))
+    assert set(plan) == {"train:784-400-20:b16", "train:784-512-256-32:b16",
+                         probes.GEMM_KEY, probes.COPY_KEY}
 
 
 def test_bounds_fractions_and_ratios_come_from_the_given_probes():
@@ -358,3 +371,38 @@ def test_under_load_needs_the_train_workload(capsys):
     assert cli.main(["bench", "--under-load", "--only", "loglik", "--threads", "1"]) == \
         cli.EXIT_USAGE
     assert "--under-load measures the train workload" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# the CLI loads the suite only for `fastvae bench`
+# ---------------------------------------------------------------------------------------------
+def test_the_cli_imports_no_benchmark_code_until_fastvae_bench_is_parsed():
+    code = textwrap.dedent("""
+        import contextlib, io, json, sys
+        def bench_modules():
+            return sorted(m for m in sys.modules if m.split(".")[:2] == ["fastvae", "bench"])
+        import fastvae.cli as cli
+        seen = [bench_modules()]
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+            cli._parser().parse_args(["--help"])
+        cli._parser().parse_args(["train"])
+        seen.append(bench_modules())
+        cli._parser().parse_args(["bench", "--quick"])
+        seen.append(bench_modules())
+        print(json.dumps(seen))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    on_import, after_help_and_train, after_bench = json.loads(proc.stdout.splitlines()[-1])
+    assert on_import == [] and after_help_and_train == []
+    assert after_bench == ["fastvae.bench"]   # its options; the suite itself loads when it runs
+
+
+def test_fastvae_bench_help_lists_the_suite_options(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--quick", "--threads", "--json", "--figure", "--only", "--batches", "--K",
+                 "--under-load"):
+        assert flag in out

@@ -1,4 +1,6 @@
 """The command line end to end on the bundled digits: train, evaluate, figures, sample."""
+import shutil
+
 import numpy as np
 import pytest
 
@@ -9,13 +11,21 @@ pytest.importorskip("sklearn", reason="the digits dataset comes with scikit-lear
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained_once(tmp_path_factory):
+    """One training run for the module (read only: tests get a copy from ``trained``)."""
     out = tmp_path_factory.mktemp("run")
     code = cli.main(["train", "--data", "digits", "--hidden", "32", "--latent", "4",
                      "--epochs", "2", "--out", str(out / "m.npz"), "--figures", str(out),
                      "--K", "20", "--eval-examples", "30"])
     assert code == 0
     return out
+
+
+@pytest.fixture
+def trained(trained_once, tmp_path):
+    """This test's own copy of the trained run (checkpoint and figures), so a test that
+    resumes or overwrites it changes nothing another test sees."""
+    return shutil.copytree(trained_once, tmp_path / "run")
 
 
 def test_train_writes_a_checkpoint_figures_and_reports(trained, capsys):

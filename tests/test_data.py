@@ -407,3 +407,12 @@ def test_check_data_memmap_in_blocks(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert seen and max(seen) <= 100 and len(seen) == 10
     check_data(m[:900], "bernoulli", d, block_rows=64)
+
+
+def test_the_readme_spelling_fv_data_is_the_one_dataset_module():
+    import importlib.util
+
+    import fastvae as fv
+    assert fv.data is data and fv.data.load_dataset is load_dataset   # README.md example
+    assert importlib.util.find_spec("fastvae.datasets") is None       # no second name for it
+    assert not hasattr(fv, "datasets")

@@ -18,6 +18,8 @@ def _fastvae_targets(node):
     if isinstance(node, ast.ImportFrom):
         if node.level == 1:
             return [node.module.split(".")[0]] if node.module else [a.name for a in node.names]
+        if node.level == 0 and node.module == "fastvae":
+            return [a.name for a in node.names]
         if node.level == 0 and (node.module or "").startswith("fastvae."):
             return [node.module.split(".")[1]]
         return []

@@ -23,7 +23,7 @@ import numpy as np
 
 from fastvae import VAE
 from fastvae._threads import cpu_work
-from benchmarks.common import gemm_gflops
+from fastvae.bench.probes import sgemm_gflops
 from fastvae.optim import Adam
 from fastvae.train import train_step
 
@@ -33,25 +33,25 @@ STEPS = int(os.environ.get("STEPS", 20))
 
 def bare(self, grad, grad_abs_sum=None):
     self.step += 1
-    self.model.k.adam.adam_update(self.model.params.flat, grad, self.m, self.v, self.step,
+    self.kernels.adam.adam_update(self.params, grad, self.m, self.v, self.step,
                                   self.lr, self.beta1, self.beta2, self.eps)
     return True
 
 
 def check(self, grad, grad_abs_sum=None):
-    args = (self.model.params.flat, grad, self.m, self.v, self.step + 1, self.lr, self.beta1,
+    args = (self.params, grad, self.m, self.v, self.step + 1, self.lr, self.beta1,
             self.beta2, self.eps)
-    return self.model.k.adam.adam_stays_finite(*args) and bare(self, grad)
+    return self.kernels.adam.adam_stays_finite(*args) and bare(self, grad)
 
 
 def undo(self, grad, grad_abs_sum=None):
-    flat = self.model.params.flat
+    flat = self.params
     if not hasattr(self, "_saved"):
         self._saved = [np.empty_like(flat) for _ in range(3)]
     for saved, a in zip(self._saved, (flat, self.m, self.v)):
         saved[...] = a
     bare(self, grad)
-    if self.model.k.adam.all_finite(flat):
+    if self.kernels.adam.all_finite(flat):
         return True
     for saved, a in zip(self._saved, (flat, self.m, self.v)):
         a[...] = saved
@@ -64,10 +64,10 @@ VARIANTS = {"bare": bare, "bound": Adam.update, "check": check, "undo": undo}
 
 def main():
     model = VAE(784, (400,), 20, seed=0)
-    opt, grads = Adam(model), model.params.zeros_like()
+    opt, grads = Adam(model.params.flat), model.params.zeros_like()
     x = (np.random.default_rng(0).random((128, 784)) < 0.3).astype(np.float32)
     times = {name: [] for name in VARIANTS}
-    print(f"sgemm probe at start: {gemm_gflops():.0f} GFLOP/s")
+    print(f"sgemm probe at start: {sgemm_gflops():.0f} GFLOP/s")
     with cpu_work("cpu"):
         for rep in range(REP + 1):
             for name, update in VARIANTS.items():
@@ -78,7 +78,7 @@ def main():
                 if rep:                        # the first repeat warms up
                     times[name].append((time.perf_counter() - t0) / STEPS * 1e3)
     Adam.update = VARIANTS["bound"]
-    print(f"sgemm probe at end: {gemm_gflops():.0f} GFLOP/s")
+    print(f"sgemm probe at end: {sgemm_gflops():.0f} GFLOP/s")
     base = np.median(times["bare"])
     for name, t in times.items():
         print(f"{name:6s} {np.median(t):6.2f} ms/step ({min(t):.2f}-{max(t):.2f}), "

@@ -126,7 +126,7 @@ def bench_gemm():
 def dense_bias_act_parallel_kernel(y, b, act, N, O):
     # math: fastvae/_reference.py::dense_forward (after the GEMM). y (N, O) in place, b (O,)
     for i in prange(N):
-        dense._bias_act_row(y, b, i, act, O)
+        dense._bias_act_row(y, b, i, act, 0, O)
 
 
 @jit_parallel
@@ -135,8 +135,10 @@ def dense_act_grad_parallel_kernel(da, db, dy, y, act, N, O, n_chunks):
     # of rows, merged in chunk order (no atomics).
     partial = np.zeros((n_chunks, O), dtype=np.float64)
     for c in prange(n_chunks):
-        dense._act_grad_rows(da, partial[c], dy, y, act, c * N // n_chunks,
-                             (c + 1) * N // n_chunks, O)
+        for i in range(c * N // n_chunks, (c + 1) * N // n_chunks):
+            dense._act_grad_row(da, dy, y, i, act, 0, O)
+            for j in range(O):
+                partial[c, j] += da[i, j]
     for j in range(O):
         s = 0.0
         for c in range(n_chunks):
@@ -163,7 +165,7 @@ def _bias_act_row_libm(y, b, i, act, O):
                 e = math.exp(a)
                 y[i, j] = e / (1 + e)
     else:
-        dense._bias_act_row(y, b, i, act, O)
+        dense._bias_act_row(y, b, i, act, 0, O)
 
 
 @jit

@@ -1,4 +1,5 @@
-import time, numpy as np
+import numpy as np
+from fastvae.bench.timing import median_seconds   # one untimed call, then the median
 from fastvae.cpu._numba import jit
 from fastvae.cpu._math import exp_f32, log1p_unit_f32
 from fastvae.cpu import elbo as E
@@ -33,11 +34,9 @@ x = (rng.random((N, D)) < .3).astype(F); lg = (rng.standard_normal((N, D)) * 4).
 ll = np.empty(N); dl = np.empty_like(lg); ll2 = np.empty(N); dl2 = np.empty_like(lg)
 g = -1.0 / N
 for f, a, b in ((kern, ll, dl), (kern64, ll2, dl2)):
-    f(a, b, x, lg, g)
-    ts = []
-    for _ in range(300):
-        t0 = time.perf_counter(); f(a, b, x, lg, g); ts.append(time.perf_counter() - t0)
-    print(f.__name__ if hasattr(f,'__name__') else f, f"{np.median(ts)*1e6:.0f} us  {np.median(ts)/(N*D)*1e9:.2f} ns/elt")
+    s = median_seconds(lambda: f(a, b, x, lg, g), 300)
+    print(f.__name__ if hasattr(f, '__name__') else f,
+          f"{s * 1e6:.0f} us  {s / (N * D) * 1e9:.2f} ns/elt")
 ref = R.bernoulli_loglik_forward(x.astype(float), lg.astype(float))[0]
 print("max |ll32-ref| ", np.abs(ll - ref).max(), " f64 path", np.abs(ll2 - ref).max())
 print("max |dl32-dl64| rel", np.abs(dl - dl2).max() / np.abs(dl2).max())
@@ -57,16 +56,11 @@ def bern_row_f32b(dlogit_row, dll_n, x_row, logit_row):
 def kernb(ll, dlogits, x, logits, g):
     for n in range(x.shape[0]):
         ll[n] = bern_row_f32b(dlogits[n], g, x[n], logits[n])
-kernb(ll, dl, x, lg, g)
-ts = []
-for _ in range(300):
-    t0 = time.perf_counter(); kernb(ll, dl, x, lg, g); ts.append(time.perf_counter() - t0)
-print("f32 acc", f"{np.median(ts)*1e6:.0f} us", np.abs(ll - ref).max())
+s = median_seconds(lambda: kernb(ll, dl, x, lg, g), 300)
+print("f32 acc", f"{s * 1e6:.0f} us", np.abs(ll - ref).max())
 for fn in (kern, kernb):
     asm = list(fn.inspect_asm().values())[0]
-    print(fn.py_func.__name__, "vdivps ymm:", asm.count("vdivps\t%ymm"), "vdivps xmm:", asm.count("vdivps\t%xmm"), "vdivss:", asm.count("vdivss"))
+    print(fn.py_func.__name__, "vdivps ymm:", asm.count("vdivps\t%ymm"),
+          "vdivps xmm:", asm.count("vdivps\t%xmm"), "vdivss:", asm.count("vdivss"))
 y = np.empty_like(lg)
-ts=[]
-for _ in range(300):
-    t0 = time.perf_counter(); np.exp(lg, out=y); ts.append(time.perf_counter() - t0)
-print("np.exp f32 100k", f"{np.median(ts)*1e6:.0f} us")
+print("np.exp f32 100k", f"{median_seconds(lambda: np.exp(lg, out=y), 300) * 1e6:.0f} us")

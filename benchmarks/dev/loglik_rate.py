@@ -10,4 +10,5 @@ for K in (1000, 5000):
     for _ in range(5):
         t = time.perf_counter(); m.log_likelihood(x[:rows], K=K, progress=False)
         rates.append(rows * K / (time.perf_counter() - t))
-    print(f"{sys.argv[1]} loglik K={K} rows={rows}: {np.median(rates)/1e3:.1f}k pairs/s [{min(rates)/1e3:.1f}-{max(rates)/1e3:.1f}]", flush=True)
+    print(f"{sys.argv[1]} loglik K={K} rows={rows}: {np.median(rates)/1e3:.1f}k pairs/s "
+          f"[{min(rates)/1e3:.1f}-{max(rates)/1e3:.1f}]", flush=True)

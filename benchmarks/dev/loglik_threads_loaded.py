@@ -1,4 +1,5 @@
-"""Current loglik (OpenBLAS 2 threads, numba 1) vs 2 Python threads over row halves with 1-thread BLAS."""
+"""Current loglik (OpenBLAS 2 threads, numba 1) vs 2 Python threads over row halves with
+1-thread BLAS."""
 import time, numpy as np, fastvae
 from concurrent.futures import ThreadPoolExecutor
 from threadpoolctl import threadpool_limits
@@ -11,7 +12,8 @@ def cur():
     return model.log_likelihood(x, K=K, seed=1, progress=False)
 def split():
     with threadpool_limits(1, user_api="blas"):
-        parts = list(pool.map(lambda r: model.log_likelihood(x[r:r+16], K=K, seed=1, progress=False), (0, 16)))
+        parts = list(pool.map(
+            lambda r: model.log_likelihood(x[r:r+16], K=K, seed=1, progress=False), (0, 16)))
     return np.concatenate(parts)
 a, b = cur(), split()
 print("max diff (noise index differs for 2nd half, expected!)", np.abs(a - b).max())
@@ -19,4 +21,5 @@ res = {"cur": [], "split": []}
 for _ in range(6):
     for name, f in (("cur", cur), ("split", split)):
         t0 = time.perf_counter(); f(); res[name].append(32 * K / (time.perf_counter() - t0))
-for n, v in res.items(): print(f"{n:<6} {np.median(v)/1e3:.1f}k pairs/s  {[round(r/1e3,1) for r in v]}")
+for n, v in res.items():
+    print(f"{n:<6} {np.median(v)/1e3:.1f}k pairs/s  {[round(r/1e3,1) for r in v]}")

@@ -20,7 +20,7 @@ def run(self, phase):
     rec["t0"] = time.perf_counter(); orig_run(self, phase); rec["t1"] = time.perf_counter()
     log.append(rec)
 T.Pool.run = run
-m = fastvae.VAE(784, (400,), 20, seed=0); opt = Adam(m); grads = m.params.zeros_like()
+m = fastvae.VAE(784, (400,), 20, seed=0); opt = Adam(m.params.flat); grads = m.params.zeros_like()
 x = (np.random.default_rng(0).random((b, 784)) < 0.3).astype(np.float32)
 with T.cpu_work():
     for _ in range(50): train_step(m, opt, x, grads, seed=0, batch_size=b)
@@ -32,7 +32,8 @@ for i, r in enumerate(log):
     worker = [j for j in r["joins"] if j[0] != "MainThread"]
     main = [j for j in r["joins"] if j[0] == "MainThread"]
     per[key].append(((r["t1"]-r["t0"])*1e6, (worker[0][1]-r["t0"])*1e6 if worker else np.nan,
-                     (main[0][2]-main[0][1])*1e6 if main else np.nan, (worker[0][2]-worker[0][1])*1e6 if worker else np.nan))
+                     (main[0][2]-main[0][1])*1e6 if main else np.nan,
+                     (worker[0][2]-worker[0][1])*1e6 if worker else np.nan))
 print("phase                              total  worker-start  main-busy worker-busy (us, medians)")
 for k, v in per.items():
     a = np.nanmedian(np.array(v), axis=0)

@@ -1,11 +1,12 @@
-"""Per-kernel profile of one training step: .venv/bin/python benchmarks/dev/step_profile.py BATCH [HIDDEN,..] [LATENT]
+"""Per-kernel profile of one training step:
+.venv/bin/python benchmarks/dev/step_profile.py BATCH [HIDDEN,..] [LATENT]
 Medians over 200 steps of the time spent in each kernel family."""
 import os, sys, time
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")
 import numpy as np
 from fastvae._threads import cpu_work
 import fastvae
-from fastvae import model as M
+from fastvae import network as M   # repeat_rows, sum_samples: the network's sample reshapes
 from fastvae.optim import Adam
 from fastvae.train import train_step
 
@@ -16,25 +17,27 @@ D = 784
 rng = np.random.default_rng(0)
 x = (rng.random((B, D)) < 0.3).astype(np.float32)
 model = fastvae.VAE(D, hidden, L, seed=0, dtype="float32")
-opt = Adam(model, 1e-3)
+opt = Adam(model.params.flat, 1e-3)
 grads = model.params.zeros_like()
 
 # wrap kernels with timers
 T = {}
 def timed(name, f):
     def g(*a, **k):
-        t0 = time.perf_counter(); r = f(*a, **k); T[name] = T.get(name, 0) + time.perf_counter() - t0; return r
+        t0 = time.perf_counter(); r = f(*a, **k)
+        T[name] = T.get(name, 0) + time.perf_counter() - t0; return r
     return g
 import types
-k = model.k
+k = model.kernels
 ns = {}
 for stem in ("dense", "random", "reparam", "elbo", "adam"):
     mod = getattr(k, stem)
-    wrapped = types.SimpleNamespace(**{n: timed(f"{stem}.{n}", getattr(mod, n)) for n in dir(mod) if not n.startswith("_") and callable(getattr(mod, n))})
+    wrapped = types.SimpleNamespace(**{n: timed(f"{stem}.{n}", getattr(mod, n)) for n in dir(mod)
+                                       if not n.startswith("_") and callable(getattr(mod, n))})
     ns[stem] = wrapped
-model.k = types.SimpleNamespace(**{**vars(k), **ns})
-orig_sum = M._sum_samples; M._sum_samples = timed("sum_samples", orig_sum)
-orig_rep = M._repeat_rows; M._repeat_rows = timed("repeat_rows", orig_rep)
+model.kernels = opt.kernels = types.SimpleNamespace(**{**vars(k), **ns})
+orig_sum = M.sum_samples; M.sum_samples = timed("sum_samples", orig_sum)
+orig_rep = M.repeat_rows; M.repeat_rows = timed("repeat_rows", orig_rep)
 
 def one():
     with cpu_work("cpu"):

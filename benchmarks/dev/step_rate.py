@@ -10,7 +10,9 @@ except ImportError:
 def rate(batch, arch=(400,), L=20, seconds=0.4, reps=7):
     m = fastvae.VAE(784, arch, L, seed=0)
     from fastvae.optim import Adam
-    opt = Adam(m); grads = m.params.zeros_like()
+    import inspect   # Adam(model) before fastvae/optim.py took the flat parameters
+    opt = Adam(m.params.flat if "params" in inspect.signature(Adam).parameters else m)
+    grads = m.params.zeros_like()
     x = (np.random.default_rng(0).random((batch, 784)) < 0.3).astype(np.float32)
     out = []
     with blas_owns_the_cores("cpu"):
@@ -23,4 +25,5 @@ def rate(batch, arch=(400,), L=20, seconds=0.4, reps=7):
     return np.median(out), min(out), max(out)
 for b in [int(v) for v in __import__("os").environ.get("BATCHES", "32,128,512").split(",")]:
     med, lo, hi = rate(b)
-    print(f"{sys.argv[1] if len(sys.argv)>1 else ''} batch {b}: {med/1e3:.1f}k samples/s [{lo/1e3:.1f}-{hi/1e3:.1f}]", flush=True)
+    print(f"{sys.argv[1] if len(sys.argv)>1 else ''} batch {b}: {med/1e3:.1f}k samples/s "
+          f"[{lo/1e3:.1f}-{hi/1e3:.1f}]", flush=True)

@@ -13,7 +13,9 @@ def t(fn, reps=7):
         ts.append((time.perf_counter()-t0)/n)
     return np.median(ts)
 for (N,I,O) in [(4000,20,400),(4000,400,784)]:
-    x = rng.standard_normal((N,I)).astype(np.float32); W = rng.standard_normal((I,O)).astype(np.float32); b = np.zeros(O, np.float32)
+    x = rng.standard_normal((N,I)).astype(np.float32)
+    W = rng.standard_normal((I,O)).astype(np.float32)
+    b = np.zeros(O, np.float32)
     fl = 2*N*I*O/1e9
     with T.cpu_work():
         res = [f"matmul {fl/t(lambda: x @ W):.0f}"]

@@ -12,7 +12,7 @@ variants = {
  "H fwd128x128 dx128x128 dw128x784": ((128,128),(128,128),(128,784)),
 }
 def setup(b):
-    m = fastvae.VAE(784, (400,), 20, seed=0); opt = Adam(m); grads = m.params.zeros_like()
+    m = fastvae.VAE(784, (400,), 20, seed=0); opt = Adam(m.params.flat); grads = m.params.zeros_like()
     x = (np.random.default_rng(0).random((b, 784)) < 0.3).astype(np.float32)
     return lambda: train_step(m, opt, x, grads, seed=0, batch_size=b)
 for b in [int(v) for v in sys.argv[1].split(",")]:

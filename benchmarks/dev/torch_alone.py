@@ -12,4 +12,5 @@ for fused in (False, True):
     for _ in range(20): step()
     t0 = time.perf_counter()
     for _ in range(200): step()
-    print(("with fastvae imported " if len(sys.argv) > 1 else "alone ") + ("fused" if fused else "eager"), f"{200*32/(time.perf_counter()-t0)/1e3:.2f}k samples/s")
+    print(("with fastvae imported " if len(sys.argv) > 1 else "alone ") +
+          ("fused" if fused else "eager"), f"{200*32/(time.perf_counter()-t0)/1e3:.2f}k samples/s")

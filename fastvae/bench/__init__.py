@@ -70,7 +70,7 @@ block and compared with cuBLAS's rate on the same products; otherwise the column
 JAX runs on the CPU only (JAX_PLATFORMS=cpu).
 
 This module imports nothing heavy: the worker must set the thread environment before NumPy,
-Numba, PyTorch or JAX load.
+Numba, PyTorch or JAX load. ``fastvae.cli`` imports it only once ``fastvae bench`` is parsed.
 """
 import argparse
 import os

@@ -16,6 +16,7 @@ from fastvae.eval import DEFAULT_MAX_PAIRS
 
 from . import isolated, report, timing, workloads
 from . import peers as peer_lib
+from . import probes as probe_lib
 from .arch import CANONICAL, DEEP, binary_data
 
 EPOCH_BATCH = 128
@@ -338,48 +339,31 @@ def _loglik_key(arch):
 
 
 def probe_plan(s):
-    """{key: (metric, work per call, builder(xp) -> fn)} for the selected workloads."""
+    """{key: (metric, work per call, builder(xp) -> fn)} for the selected workloads (the
+    GEMM-only bounds, fastvae/bench/probes.py; ops: its per-op GEMM and copy probes)."""
     plan = {}
     if "train" in s.only:
         for arch in (CANONICAL, DEEP):
             for b in s.batches:
                 plan[_train_key(arch, b)] = (
                     "gflops", arch.step_flops(b),
-                    lambda xp, a=arch, b=b: workloads.gemm_step_fn(a, b, xp))
+                    lambda xp, a=arch, b=b: probe_lib.gemm_step_fn(a, b, xp))
     if "epoch" in s.only:
         plan[_train_key(CANONICAL, EPOCH_BATCH)] = (
             "gflops", CANONICAL.step_flops(EPOCH_BATCH),
-            lambda xp: workloads.gemm_step_fn(CANONICAL, EPOCH_BATCH, xp))
+            lambda xp: probe_lib.gemm_step_fn(CANONICAL, EPOCH_BATCH, xp))
     if "loglik" in s.only:
         pairs = DEFAULT_MAX_PAIRS
         plan[_loglik_key(CANONICAL)] = ("gflops", pairs * CANONICAL.decoder_flops_per_pair(),
-                                        lambda xp: workloads.gemm_loglik_fn(CANONICAL, pairs, xp))
+                                        lambda xp: probe_lib.gemm_loglik_fn(CANONICAL, pairs, xp))
     if "ops" in s.only:
-        plan["gemm_128x784x400"] = ("gflops", 2 * 128 * 784 * 400,
-                                    lambda xp: workloads.gemm_fn(128, 784, 400, xp))
-        plan["copy"] = ("gbs", 2 * (64 << 20), lambda xp: workloads.copy_fn(64 << 20, xp))
+        plan.update(probe_lib.op_plan())
     return plan
-
-
-def _probe_seconds(fn, budget_s=0.3):
-    """Median seconds of fn over as many calls as fit in ~budget_s (5 to 31)."""
-    t0 = time.perf_counter()
-    fn()
-    one = max(time.perf_counter() - t0, 1e-7)
-    return timing.median_seconds(fn, int(min(31, max(5, budget_s / one))))
 
 
 def probe(ctx):
     """{"cpu": {key: {seconds, gflops | gbs}}, "gpu": same or None}."""
-    out = {"cpu": {}, "gpu": {} if ctx.gpu else None}
-    for key, (metric, work, build) in probe_plan(ctx.s).items():
-        s = _probe_seconds(build(np))
-        out["cpu"][key] = {"seconds": s, metric: work / s / 1e9}
-        if ctx.gpu:
-            import cupy
-            s = timing.cuda_median_seconds(build(cupy))
-            out["gpu"][key] = {"seconds": s, metric: work / s / 1e9}
-    return out
+    return probe_lib.measure(probe_plan(ctx.s), ctx.gpu)
 
 
 def add_bounds(row, probes):

@@ -266,7 +266,6 @@ def peak_rss_bytes():
         return _status_kb("VmHWM") * 1024
     except (OSError, KeyError):
         import resource
-        import sys
         scale = 1 if sys.platform == "darwin" else 1024   # macOS reports bytes, Linux KiB
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 

@@ -1,8 +1,9 @@
-"""What the suite times: architectures, FLOP and byte counts, the GEMM-only bound, and the
-fastvae / NumPy side of every workload (the PyTorch and JAX builders are in ``peers.py``).
+"""What the suite times: the fastvae / NumPy side of every workload (the PyTorch and JAX
+builders are in ``peers.py``, the GEMM-only bound and the machine probes in ``probes.py``).
 
 Every builder returns a zero-argument callable that does one unit of work (one step, one epoch,
-one log-likelihood call, one op call); ``timing.interleaved`` times them side by side.
+one log-likelihood call, one op call); ``timing.warm_up`` and ``timing.timed_blocks`` time them
+side by side. The NumPy versions of the ops are also the competitors of benchmarks/bench_*.py.
 """
 from dataclasses import dataclass
 
@@ -14,52 +15,8 @@ from fastvae._threads import cpu_work
 from fastvae.optim import Adam
 from fastvae.train import train_step
 
+from . import probes
 from .arch import CANONICAL, LR, SEED
-
-
-# ---------------------------------------------------------------------------------------------
-# GEMM-only bound: exactly the products of a step / a log-likelihood chunk, in the array library
-# ---------------------------------------------------------------------------------------------
-def _randn(xp, rng, *shape):
-    return xp.asarray(rng.standard_normal(shape).astype(np.float32))
-
-
-def gemm_step_fn(arch, batch, xp=np):
-    """One call = the matrix products of one training step of ``arch`` at ``batch`` rows, with
-    preallocated outputs (forward x @ W; backward x.T @ dy and dy @ W.T, no dx for enc0)."""
-    rng = np.random.default_rng(0)
-    products = []
-    for idx, (_, n_in, n_out) in enumerate(arch.layers()):
-        x, w, dy = _randn(xp, rng, batch, n_in), _randn(xp, rng, n_in, n_out), \
-            _randn(xp, rng, batch, n_out)
-        products.append((x, w, xp.empty((batch, n_out), xp.float32)))            # forward
-        products.append((x.T, dy, xp.empty((n_in, n_out), xp.float32)))         # dW
-        if idx > 0:
-            products.append((dy, w.T, xp.empty((batch, n_in), xp.float32)))     # dx
-    return lambda: [xp.matmul(a, b, out=c) for a, b, c in products]
-
-
-def gemm_loglik_fn(arch, pairs, xp=np):
-    """One call = the decoder products of ``pairs`` (x, z) pairs (one log-likelihood chunk)."""
-    rng = np.random.default_rng(0)
-    products = [(_randn(xp, rng, pairs, i), _randn(xp, rng, i, o),
-                 xp.empty((pairs, o), xp.float32))
-                for name, i, o in arch.layers() if name.startswith("dec")]
-    return lambda: [xp.matmul(a, b, out=c) for a, b, c in products]
-
-
-def gemm_fn(m, k, n, xp=np):
-    """One (m, k) @ (k, n) float32 product: the per-op dense layer's GEMM."""
-    rng = np.random.default_rng(0)
-    a, b, c = _randn(xp, rng, m, k), _randn(xp, rng, k, n), xp.empty((m, n), xp.float32)
-    return lambda: xp.matmul(a, b, out=c)
-
-
-def copy_fn(n_bytes=64 << 20, xp=np):
-    """One copy of n_bytes (moves 2 n_bytes: read + write): the bandwidth probe."""
-    src = xp.ones(n_bytes // 4, xp.float32)
-    dst = xp.empty_like(src)
-    return lambda: xp.copyto(dst, src)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,7 +73,7 @@ class Op:
 
     @property
     def probe_key(self):
-        return "gemm_128x784x400" if self.flops else "copy"
+        return probes.GEMM_KEY if self.flops else probes.COPY_KEY
 
 
 def _on_model_threads(fn):
@@ -136,12 +93,19 @@ def _close(got, want, what):
                              f"{float(np.abs(got - want).max()):.3g}); not timing it")
 
 
-def _np_dense_fwd(x, W, b):
-    return np.maximum(x @ W + b, 0)
+NUMPY_ACTIVATIONS = {"relu": lambda a: np.maximum(a, 0), "identity": lambda a: a,
+                     "sigmoid": lambda a: 1 / (1 + np.exp(-a))}
+_NUMPY_DERIVATIVES = {"relu": lambda y: y > 0, "sigmoid": lambda y: y * (1 - y)}
 
 
-def _np_dense_bwd(dy, x, W, y):
-    da = dy * (y > 0)
+def numpy_dense_forward(x, W, b, activation="relu"):
+    """activation(x @ W + b), the dense layer in plain NumPy."""
+    return NUMPY_ACTIVATIONS[activation](x @ W + b)
+
+
+def numpy_dense_backward(dy, x, W, y, activation="relu"):
+    """(dx, dW, db) of numpy_dense_forward from its output y."""
+    da = dy if activation == "identity" else dy * _NUMPY_DERIVATIVES[activation](y)
     return da @ W.T, x.T @ da, da.sum(axis=0)
 
 
@@ -171,7 +135,8 @@ def numpy_adam(param, grad, m, v, step, tmp, b1=0.9, b2=0.999, eps=1e-8):
     param -= tmp
 
 
-def _np_logsumexp(a):
+def numpy_logsumexp(a):
+    """log(sum(exp(a), axis=1)), shifted by the row maximum."""
     m = a.max(axis=1)
     return m + np.log(np.exp(a - m[:, None]).sum(axis=1))
 
@@ -181,6 +146,75 @@ def _cuda(fn, *arrays):
     import cupy
     dev = [cupy.asarray(a) if isinstance(a, np.ndarray) else a for a in arrays]
     return lambda: fn(*dev)
+
+
+def _f32(rng):
+    return lambda *shape: rng.standard_normal(shape).astype(np.float32)
+
+
+def _dense_cases(rng, gpu):
+    """dense fwd and bwd, 128x784x400 relu, checked against NumPy."""
+    f32, (n, i, o) = _f32(rng), probes.OP_GEMM
+    x, W, b, dy = f32(n, i), (f32(i, o) / np.sqrt(i)).astype(np.float32), f32(o), f32(n, o)
+    y, cache = ops.dense_forward(x, W, b, "relu")
+    _close(y, numpy_dense_forward(x, W, b), "dense fwd")
+    for got, want in zip(ops.dense_backward(dy, cache), numpy_dense_backward(dy, x, W, y)):
+        _close(got, want, "dense bwd")
+    cases = [Op("dense fwd relu", f"{n}x{i}x{o}", lambda: ops.dense_forward(x, W, b, "relu"),
+                lambda: numpy_dense_forward(x, W, b), flops=2.0 * n * i * o),
+             Op("dense bwd relu", f"{n}x{i}x{o}", lambda: ops.dense_backward(dy, cache),
+                lambda: numpy_dense_backward(dy, x, W, y), flops=4.0 * n * i * o)]
+    if gpu:
+        import cupy
+        gx, gW, gb, gdy = (cupy.asarray(a) for a in (x, W, b, dy))
+        gcache = ops.dense_forward(gx, gW, gb, "relu")[1]
+        cases[0].cuda = lambda: ops.dense_forward(gx, gW, gb, "relu")
+        cases[1].cuda = lambda: ops.dense_backward(gdy, gcache)
+    return cases
+
+
+def _elbo_case(rng, gpu, n=128, d=784, lat=20):
+    f32 = _f32(rng)
+    xe = (rng.random((n, d)) < 0.3).astype(np.float32)
+    logits, mu, logvar = 3 * f32(n, d), f32(n, lat), f32(n, lat)
+    loss, grads = ops.elbo_loss_and_grads(xe, logits, mu, logvar)
+    want_loss, want_grads = _np_elbo(xe, logits, mu, logvar)
+    _close(np.float32(loss), want_loss, "ELBO loss")
+    for got, want in zip(grads, want_grads):
+        _close(got, want, "ELBO grads")
+    elbo = Op("fused ELBO + grads", f"{n}x{d}, L={lat}",
+              lambda: ops.elbo_loss_and_grads(xe, logits, mu, logvar),
+              lambda: _np_elbo(xe, logits, mu, logvar), nbytes=4.0 * (3 * n * d + 4 * n * lat))
+    if gpu:
+        elbo.cuda = _cuda(ops.elbo_loss_and_grads, xe, logits, mu, logvar)
+    return elbo
+
+
+def _adam_case(rng, gpu):
+    f32, p = _f32(rng), CANONICAL.n_params   # 652,824
+    param, grad, m = f32(p), f32(p), f32(p)
+    v = (rng.random(p) * 0.01).astype(np.float32)
+    got, want = [a.copy() for a in (param, m, v)], [a.copy() for a in (param, m, v)]
+    ops.adam_update(got[0], grad, got[1], got[2], step=7, lr=LR)
+    numpy_adam(want[0], grad, want[1], want[2], 7, np.empty_like(param))
+    for g_, w_ in zip(got, want):
+        _close(g_, w_, "Adam")
+    tmp = np.empty_like(param)
+    adam = Op("Adam update", f"P={p:,}", lambda: ops.adam_update(param, grad, m, v, step=7, lr=LR),
+              lambda: numpy_adam(param, grad, m, v, 7, tmp), nbytes=4.0 * 7 * p)
+    if gpu:
+        adam.cuda = _cuda(lambda *a: ops.adam_update(*a, step=7, lr=LR), param, grad, m, v)
+    return adam
+
+
+def _logsumexp_case(rng, gpu, nk=128, k=5000):
+    a = (3 * rng.standard_normal((nk, k)) - 100).astype(np.float32)
+    _close(ops.logsumexp_forward(a)[0], numpy_logsumexp(a), "logsumexp")
+    lse = Op("logsumexp fwd", f"{nk}x{k}", lambda: ops.logsumexp_forward(a),
+             lambda: numpy_logsumexp(a), nbytes=4.0 * (nk * k + nk))
+    if gpu:
+        lse.cuda = _cuda(ops.logsumexp_forward, a)
+    return lse
 
 
 def per_op_cases(gpu=False):
@@ -194,63 +228,9 @@ def per_op_cases(gpu=False):
                writes p, m, v)
     logsumexp  128 x 5000 rows: bytes 4 (N K + N)
     """
-    rng = np.random.default_rng(7)
-    f32 = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
-    n, i, o = 128, 784, 400
-    x, W, b, dy = f32(n, i), (f32(i, o) / np.sqrt(i)).astype(np.float32), f32(o), f32(n, o)
-    y, cache = ops.dense_forward(x, W, b, "relu")
-    _close(y, _np_dense_fwd(x, W, b), "dense fwd")
-    for got, want in zip(ops.dense_backward(dy, cache), _np_dense_bwd(dy, x, W, y)):
-        _close(got, want, "dense bwd")
-    cases = [Op("dense fwd relu", f"{n}x{i}x{o}", lambda: ops.dense_forward(x, W, b, "relu"),
-                lambda: _np_dense_fwd(x, W, b), flops=2.0 * n * i * o),
-             Op("dense bwd relu", f"{n}x{i}x{o}", lambda: ops.dense_backward(dy, cache),
-                lambda: _np_dense_bwd(dy, x, W, y), flops=4.0 * n * i * o)]
-    if gpu:
-        import cupy
-        gx, gW, gb, gdy = (cupy.asarray(a) for a in (x, W, b, dy))
-        gcache = ops.dense_forward(gx, gW, gb, "relu")[1]
-        cases[0].cuda = lambda: ops.dense_forward(gx, gW, gb, "relu")
-        cases[1].cuda = lambda: ops.dense_backward(gdy, gcache)
-
-    d, lat = 784, 20
-    xe = (rng.random((n, d)) < 0.3).astype(np.float32)
-    logits, mu, logvar = 3 * f32(n, d), f32(n, lat), f32(n, lat)
-    loss, grads = ops.elbo_loss_and_grads(xe, logits, mu, logvar)
-    want_loss, want_grads = _np_elbo(xe, logits, mu, logvar)
-    _close(np.float32(loss), want_loss, "ELBO loss")
-    for got, want in zip(grads, want_grads):
-        _close(got, want, "ELBO grads")
-    elbo = Op("fused ELBO + grads", f"{n}x{d}, L={lat}",
-              lambda: ops.elbo_loss_and_grads(xe, logits, mu, logvar),
-              lambda: _np_elbo(xe, logits, mu, logvar), nbytes=4.0 * (3 * n * d + 4 * n * lat))
-    if gpu:
-        elbo.cuda = _cuda(ops.elbo_loss_and_grads, xe, logits, mu, logvar)
-    cases.append(elbo)
-
-    p = CANONICAL.n_params   # 652,824
-    param, grad, m = f32(p), f32(p), f32(p)
-    v = (rng.random(p) * 0.01).astype(np.float32)
-    got, want = [a.copy() for a in (param, m, v)], [a.copy() for a in (param, m, v)]
-    ops.adam_update(got[0], grad, got[1], got[2], step=7, lr=LR)
-    numpy_adam(want[0], grad, want[1], want[2], 7, np.empty_like(param))
-    for g_, w_ in zip(got, want):
-        _close(g_, w_, "Adam")
-    tmp = np.empty_like(param)
-    adam = Op("Adam update", f"P={p:,}", lambda: ops.adam_update(param, grad, m, v, step=7, lr=LR),
-              lambda: numpy_adam(param, grad, m, v, 7, tmp), nbytes=4.0 * 7 * p)
-    if gpu:
-        adam.cuda = _cuda(lambda *a: ops.adam_update(*a, step=7, lr=LR), param, grad, m, v)
-    cases.append(adam)
-
-    nk, k = 128, 5000
-    a = (3 * rng.standard_normal((nk, k)) - 100).astype(np.float32)
-    _close(ops.logsumexp_forward(a)[0], _np_logsumexp(a), "logsumexp")
-    lse = Op("logsumexp fwd", f"{nk}x{k}", lambda: ops.logsumexp_forward(a),
-             lambda: _np_logsumexp(a), nbytes=4.0 * (nk * k + nk))
-    if gpu:
-        lse.cuda = _cuda(ops.logsumexp_forward, a)
-    cases.append(lse)
+    rng = np.random.default_rng(7)   # one stream, drawn in this order
+    cases = _dense_cases(rng, gpu)
+    cases += [_elbo_case(rng, gpu), _adam_case(rng, gpu), _logsumexp_case(rng, gpu)]
     for case in cases:
         case.fastvae = _on_model_threads(case.fastvae)
     return cases
