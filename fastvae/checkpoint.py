@@ -136,8 +136,10 @@ class CheckpointError(ValueError):
 # without reading the data) against those the configuration implies, then the values.
 META_KEYS = ("format", "version", "config", "history", "optimizer")
 OPTIONAL_META_KEYS = ("progress",)           # null or an object: where an epoch was interrupted
-CONFIG_KEYS = ("input_dim", "hidden_dims", "latent_dim", "likelihood", "activation", "seed",
-               "dtype")
+CONFIG_KEYS = ("input_dim", "latent_dim", "likelihood", "activation", "seed", "dtype")
+# the hidden widths: the mirrored form (one activation name) or the general one (encoder_dims,
+# decoder_dims, and one activation name or one per hidden layer)
+MIRRORED_KEYS, GENERAL_KEYS = ("hidden_dims",), ("encoder_dims", "decoder_dims")
 OPTIMIZER_KEYS = ("step", "lr", "beta1", "beta2", "eps")
 HISTORY_KEYS = ("epoch", "loss", "seconds", "samples_per_s", "beta", "val_elbo")
 OPTIMIZER_ARRAYS = ("optimizer/m", "optimizer/v")
@@ -280,19 +282,36 @@ def _check_meta(meta, path, headers):
         raise CheckpointError(f"{path}: meta['progress'] must be an object or null, got "
                               f"{_json_type(progress)}")
     _check_layer_count(config, headers, path)
-    return param_shapes(config["input_dim"], config["hidden_dims"], config["latent_dim"],
-                        config["likelihood"], config["activation"])
+    encoder_dims, decoder_dims = _widths(config)
+    return param_shapes(config["input_dim"], None, config["latent_dim"], config["likelihood"],
+                        encoder_dims=encoder_dims, decoder_dims=decoder_dims)
+
+
+def _widths(config):
+    """(encoder_dims, decoder_dims) of a validated configuration, in either form."""
+    if "hidden_dims" in config:
+        return config["hidden_dims"], config["hidden_dims"][::-1]
+    return config["encoder_dims"], config["decoder_dims"]
 
 
 def _check_config(config, path):
     c = "meta['config']"
-    _keys(config, c, CONFIG_KEYS, path)
+    general = isinstance(config, dict) and "hidden_dims" not in config and any(
+        key in config for key in GENERAL_KEYS)
+    _keys(config, c, CONFIG_KEYS + (GENERAL_KEYS if general else MIRRORED_KEYS), path)
     for key in ("input_dim", "latent_dim"):
         _field(lambda v: _is_int(v) and v >= 1, config, key, c, "an integer >= 1", path)
-    _field(lambda v: isinstance(v, list) and all(_is_int(h) and h >= 1 for h in v), config,
-           "hidden_dims", c, "a list of integers >= 1", path)
+    for key in GENERAL_KEYS if general else MIRRORED_KEYS:
+        _field(lambda v: isinstance(v, list) and all(_is_int(h) and h >= 1 for h in v), config,
+               key, c, "a list of integers >= 1", path)
     _field(lambda v: v in LIKELIHOODS, config, "likelihood", c, f"one of {LIKELIHOODS}", path)
-    _field(lambda v: v in ACTIVATIONS, config, "activation", c, f"one of {ACTIVATIONS}", path)
+    n_hidden = sum(map(len, _widths(config)))
+    if general and isinstance(config["activation"], list):
+        _field(lambda v: len(v) == n_hidden and all(a in ACTIVATIONS for a in v), config,
+               "activation", c, f"one of {ACTIVATIONS} or a list of {n_hidden} of them", path)
+    else:
+        _field(lambda v: v in ACTIVATIONS, config, "activation", c, f"one of {ACTIVATIONS}",
+               path)
     _field(lambda v: _is_int(v) and 0 <= v < 2 ** 63, config, "seed", c,
            "an integer in [0, 2**63)", path)
     _field(lambda v: v in DTYPES, config, "dtype", c, f"one of {DTYPES}", path)
@@ -327,8 +346,8 @@ def _check_optimizer(opt, path):
 def _check_layer_count(config, headers, path):
     """Count the parameter arrays before listing the expected ones, so that a config claiming
     millions of layers costs nothing (a small mismatch is reported by name, later)."""
-    n_hidden = len(config["hidden_dims"])
-    expected = 2 * (2 * n_hidden + 3) + (config["likelihood"] == "gaussian")
+    n_hidden = sum(map(len, _widths(config)))
+    expected = 2 * (n_hidden + 3) + (config["likelihood"] == "gaussian")
     stored = sum(key.startswith("params/") for key in headers)
     if expected > 2 * stored + 8:
         raise CheckpointError(f"{path}: the configuration ({n_hidden} hidden layers, "
@@ -358,7 +377,9 @@ def _check_headers(headers, meta, shapes, path):
     unknown = [key for key in headers if key != "meta" and key not in expected]
     if missing or unknown:
         c = meta["config"]
-        arch = "-".join(map(str, [c["input_dim"], *c["hidden_dims"], c["latent_dim"]]))
+        encoder_dims, decoder_dims = _widths(c)
+        arch = "-".join(map(str, [c["input_dim"], *encoder_dims, c["latent_dim"], *decoder_dims,
+                                  c["input_dim"]]))
         problems = ([f"lacks {', '.join(missing)}"] if missing else []) + \
                    ([f"has unexpected {', '.join(unknown)}"] if unknown else [])
         raise CheckpointError(f"{path}: the file {' and '.join(problems)} for its configuration "

@@ -202,10 +202,14 @@ def _model_for_training(args, dataset):
     width = dataset.x_train.shape[1]
     if args.resume and os.path.exists(args.out):
         model = VAE.load(args.out)
-        stored = dict(hidden=list(model.hidden_dims), latent=model.latent_dim,
-                      likelihood=model.likelihood, activation=model.activation)
+        stored = dict(hidden=None if model.hidden_dims is None else list(model.hidden_dims),
+                      latent=model.latent_dim, likelihood=model.likelihood,
+                      activation=model.activation)
         for flag, value in stored.items():
             given = getattr(args, flag)
+            if given is not None and value is None:   # not expressible as one flag
+                raise ValueError(f"--{flag} cannot describe the checkpoint {args.out}: {model}; "
+                                 f"drop --{flag} to resume it")
             if given is not None and given != value:
                 shown, saved = (" ".join(map(str, v)) or "(no widths)" if flag == "hidden"
                                 else v for v in (given, value))
@@ -225,7 +229,8 @@ def _model_for_training(args, dataset):
         model = VAE(width, tuple(arch["hidden"]), arch["latent"], arch["likelihood"],
                     arch["activation"], seed=args.seed)
         print(f"model: {model}")
-    args.hidden, args.latent = list(model.hidden_dims), model.latent_dim
+    args.hidden = None if model.hidden_dims is None else list(model.hidden_dims)
+    args.latent = model.latent_dim
     args.likelihood, args.activation = model.likelihood, model.activation
     return model
 

@@ -21,10 +21,11 @@ class VAE(VAENetwork):
     >>> history = model.fit(x_train, epochs=10, batch_size=128, lr=1e-3, validation_data=x_test)
     """
 
-    def __init__(self, input_dim, hidden_dims=(400,), latent_dim=20, likelihood="bernoulli",
-                 activation="relu", seed=0, dtype="float32", device="cpu"):
+    def __init__(self, input_dim, hidden_dims=None, latent_dim=20, likelihood="bernoulli",
+                 activation="relu", seed=0, dtype="float32", device="cpu", *, encoder_dims=None,
+                 decoder_dims=None):
         super().__init__(input_dim, hidden_dims, latent_dim, likelihood, activation, seed, dtype,
-                         device)
+                         device, encoder_dims=encoder_dims, decoder_dims=decoder_dims)
         self.optimizer_state = None   # an Adam over params.flat, set by fit; saved with checkpoints
         self.history = []
         self.resume_state = None      # where an interrupted fit stands (fastvae/train.py)

@@ -7,8 +7,12 @@ Architecture (hidden_dims=(400,), latent_dim=20, input_dim=784 is the canonical 
 
     encoder   x (B, D) -> enc0 .. enc{n-1} (act) -> h (B, H) -> enc_mu, enc_logvar -> mu, logvar (B, L)
     sample    z = mu + exp(logvar / 2) * eps,   eps (B, k, L)  ->  z (B*k, L)
-    decoder   z -> dec0 .. dec{n-1} (act, hidden_dims reversed) -> dec_out -> out (B*k, D)
+    decoder   z -> dec0 .. dec{m-1} (act) -> dec_out -> out (B*k, D)
               (logits for "bernoulli"; means for "gaussian", with a learned dec_out.logvar (D,))
+
+The hidden widths are ``encoder_dims`` (enc0..) and ``decoder_dims`` (dec0.., from the latent side),
+or ``hidden_dims`` for the mirrored pair (decoder_dims = hidden_dims reversed); one activation for
+every hidden layer, or one per hidden layer (encoder first, in forward order).
 
 Every W is (in, out) and a layer computes ``act(x @ W + b)``. No autograd: ``backward`` walks the
 layers in reverse, calling each kernel's explicit backward on what ``forward`` kept in its tape.
@@ -60,19 +64,27 @@ class LossGrads:
 class VAENetwork:
     """A diagonal Gaussian encoder and a Bernoulli or Gaussian decoder on one device."""
 
-    def __init__(self, input_dim, hidden_dims=(400,), latent_dim=20, likelihood="bernoulli",
-                 activation="relu", seed=0, dtype="float32", device="cpu"):
+    def __init__(self, input_dim, hidden_dims=None, latent_dim=20, likelihood="bernoulli",
+                 activation="relu", seed=0, dtype="float32", device="cpu", *, encoder_dims=None,
+                 decoder_dims=None):
         self.input_dim = check.integer("input_dim", input_dim, 1)
-        self.hidden_dims = tuple(check.integer("hidden_dims[i]", h, 1) for h in hidden_dims)
+        self.encoder_dims, self.decoder_dims = hidden_widths(hidden_dims, encoder_dims,
+                                                             decoder_dims)
+        mirrored = self.decoder_dims == self.encoder_dims[::-1]
+        self.hidden_dims = self.encoder_dims if mirrored else None   # the mirrored shorthand
         self.latent_dim = check.integer("latent_dim", latent_dim, 1)
         self.likelihood = check.choice("likelihood", likelihood, LIKELIHOODS)
-        self.activation = check.choice("activation", activation, ACTIVATIONS)
+        self.activations = hidden_activations(
+            activation, len(self.encoder_dims) + len(self.decoder_dims))
+        one = isinstance(activation, str) or len(set(self.activations)) == 1
+        self.activation = (activation if isinstance(activation, str) else self.activations[0]) \
+            if one else None   # the one activation of every hidden layer, if there is one
         self.seed = check.integer("seed", seed, 0, 2 ** 63 - 1)
         self.dtype = np.dtype(check.choice("dtype", np.dtype(dtype).name, ("float32", "float64")))
         self.device = device
         self.kernels = _device.kernels(device)
         self.encoder, self.heads, self.decoder = _architecture(
-            self.input_dim, self.hidden_dims, self.latent_dim, self.activation)
+            self.input_dim, self.encoder_dims, self.decoder_dims, self.latent_dim, self.activations)
         self.params = ParamStore(self._param_shapes(), self.dtype, self.kernels.xp)
         self._init_params(np.random.default_rng(self.seed))
 
@@ -84,8 +96,8 @@ class VAENetwork:
         return list(self.encoder) + list(self.heads) + list(self.decoder)
 
     def _param_shapes(self):
-        return param_shapes(self.input_dim, self.hidden_dims, self.latent_dim, self.likelihood,
-                            self.activation)
+        return param_shapes(self.input_dim, None, self.latent_dim, self.likelihood,
+                            encoder_dims=self.encoder_dims, decoder_dims=self.decoder_dims)
 
     def _init_params(self, rng):
         """Glorot-uniform W (He-uniform before relu), zero b, zero decoder log-variance."""
@@ -106,15 +118,24 @@ class VAENetwork:
         return self.params["dec_out.logvar"] if self.likelihood == "gaussian" else None
 
     def __repr__(self):
-        dims = "-".join(str(d) for d in (self.input_dim,) + self.hidden_dims + (self.latent_dim,))
-        return (f"{type(self).__name__}({dims}, likelihood={self.likelihood!r}, "
-                f"activation={self.activation!r}, {self.n_params} params, {self.dtype.name}, "
-                f"device={self.device!r})")
+        half = (self.input_dim,) + self.encoder_dims + (self.latent_dim,)
+        dims = half if self.hidden_dims is not None else half + self.decoder_dims + \
+            (self.input_dim,)
+        act = self.activation if self.activation is not None else list(self.activations)
+        return (f"{type(self).__name__}({'-'.join(map(str, dims))}, "
+                f"likelihood={self.likelihood!r}, activation={act!r}, {self.n_params} params, "
+                f"{self.dtype.name}, device={self.device!r})")
 
     def config(self):
-        return dict(input_dim=self.input_dim, hidden_dims=list(self.hidden_dims),
-                    latent_dim=self.latent_dim, likelihood=self.likelihood,
-                    activation=self.activation, seed=self.seed, dtype=self.dtype.name)
+        """The constructor's keyword arguments (JSON types), as checkpoints record them: the
+        mirrored form (hidden_dims, one activation) where it applies, as before encoder_dims
+        and decoder_dims existed, so that such checkpoints read the same everywhere."""
+        config = dict(input_dim=self.input_dim, latent_dim=self.latent_dim,
+                      likelihood=self.likelihood, seed=self.seed, dtype=self.dtype.name)
+        if self.hidden_dims is not None and self.activation is not None:
+            return dict(config, hidden_dims=list(self.hidden_dims), activation=self.activation)
+        return dict(config, encoder_dims=list(self.encoder_dims),
+                    decoder_dims=list(self.decoder_dims), activation=list(self.activations))
 
     def to(self, device):
         """Move the parameters to ``device`` ("cpu" or "cuda"); returns self."""
@@ -279,22 +300,54 @@ class VAENetwork:
         return x, eps
 
 
-def _architecture(input_dim, hidden_dims, latent_dim, activation):
+def hidden_widths(hidden_dims=None, encoder_dims=None, decoder_dims=None):
+    """-> (encoder_dims, decoder_dims), tuples of ints >= 1: hidden_dims mirrored (default
+    (400,)), or encoder_dims and decoder_dims as given (both, and not with hidden_dims)."""
+    if encoder_dims is None and decoder_dims is None:
+        widths = tuple(check.integer("hidden_dims[i]", h, 1)
+                       for h in ((400,) if hidden_dims is None else hidden_dims))
+        return widths, widths[::-1]
+    if hidden_dims is not None:
+        raise ValueError("give hidden_dims (the mirrored shorthand) or encoder_dims and "
+                         "decoder_dims, not both")
+    if encoder_dims is None or decoder_dims is None:
+        raise ValueError("encoder_dims and decoder_dims go together (give both; () for no "
+                         "hidden layer)")
+    return (tuple(check.integer("encoder_dims[i]", h, 1) for h in encoder_dims),
+            tuple(check.integer("decoder_dims[i]", h, 1) for h in decoder_dims))
+
+
+def hidden_activations(activation, n_hidden):
+    """One activation name per hidden layer (encoder first, forward order) from one name or a
+    sequence of n_hidden names."""
+    names = (activation,) * n_hidden if isinstance(activation, str) else tuple(activation)
+    if len(names) != n_hidden:
+        raise ValueError(f"activation must be one name or {n_hidden} names (one per hidden "
+                         f"layer: the encoder's, then the decoder's), got {len(names)}")
+    return tuple(check.choice("activation", name, ACTIVATIONS) for name in names)
+
+
+def _architecture(input_dim, encoder_dims, decoder_dims, latent_dim, activations):
     """(encoder layers, (mu head, logvar head), decoder layers ending in dec_out)."""
-    enc = (input_dim,) + tuple(hidden_dims)
-    dec = (latent_dim,) + tuple(hidden_dims)[::-1]
-    encoder = tuple(Layer(f"enc{i}", enc[i], enc[i + 1], activation) for i in range(len(enc) - 1))
+    enc = (input_dim,) + tuple(encoder_dims)
+    dec = (latent_dim,) + tuple(decoder_dims)
+    enc_act, dec_act = activations[:len(encoder_dims)], activations[len(encoder_dims):]
+    encoder = tuple(Layer(f"enc{i}", enc[i], enc[i + 1], enc_act[i]) for i in range(len(enc) - 1))
     heads = (Layer("enc_mu", enc[-1], latent_dim, "identity"),
              Layer("enc_logvar", enc[-1], latent_dim, "identity"))
-    decoder = tuple(Layer(f"dec{i}", dec[i], dec[i + 1], activation) for i in range(len(dec) - 1))
+    decoder = tuple(Layer(f"dec{i}", dec[i], dec[i + 1], dec_act[i]) for i in range(len(dec) - 1))
     return encoder, heads, decoder + (Layer("dec_out", dec[-1], input_dim, "identity"),)
 
 
-def param_shapes(input_dim, hidden_dims, latent_dim, likelihood, activation="relu"):
+def param_shapes(input_dim, hidden_dims, latent_dim, likelihood, activation=None, *,
+                 encoder_dims=None, decoder_dims=None):
     """{name: shape} of the parameters of an architecture, in buffer order, computed without
-    allocating anything (the checkpoint loader checks a file against it before building)."""
+    allocating anything (the checkpoint loader checks a file against it before building).
+    activation does not change the shapes (accepted for the constructor's argument order)."""
     shapes = {}
-    for part in _architecture(input_dim, hidden_dims, latent_dim, activation):
+    encoder_dims, decoder_dims = hidden_widths(hidden_dims, encoder_dims, decoder_dims)
+    identity = ("identity",) * (len(encoder_dims) + len(decoder_dims))
+    for part in _architecture(input_dim, encoder_dims, decoder_dims, latent_dim, identity):
         for layer in part:
             shapes[f"{layer.name}.W"], shapes[f"{layer.name}.b"] = (layer.n_in, layer.n_out), \
                 (layer.n_out,)

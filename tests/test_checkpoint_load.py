@@ -353,3 +353,39 @@ def test_adam_from_saved_refuses_bad_state_as_value_error(settings, m, v, messag
     v = np.full(size, v, np.float32)
     with pytest.raises(ValueError, match=message):
         Adam.from_saved(model.params.flat, settings, m, v)
+
+
+@pytest.fixture(scope="module")
+def general(tmp_path_factory):
+    """A 12-(8, 6)-2-(5)-12 checkpoint with one activation per hidden layer."""
+    path = tmp_path_factory.mktemp("general") / "g.npz"
+    VAE(12, latent_dim=2, activation=["tanh", "relu", "softplus"], encoder_dims=(8, 6),
+        decoder_dims=(5,), seed=3).save(path)
+    return path
+
+
+GENERAL_CORPUS = {
+    "activation list too short": (_set("config", "activation", ["tanh", "relu"]), "activation"),
+    "activation list unknown": (_set("config", "activation", ["tanh", "relu", "gelu"]),
+                                "activation"),
+    "decoder_dims missing": (_set("config", "decoder_dims", _DELETE), "decoder_dims"),
+    "decoder_dims wider": (_set("config", "decoder_dims", [7]), "shape"),
+    "encoder_dims floats": (_set("config", "encoder_dims", [8.0, 6]), "encoder_dims"),
+    "both forms": (_set("config", "hidden_dims", [8]), "unknown"),
+}
+
+
+@pytest.mark.parametrize("name", list(GENERAL_CORPUS))
+def test_a_malformed_general_configuration_is_refused(general, tmp_path, name):
+    edit, message = GENERAL_CORPUS[name]
+    arrays, meta = _parts(general)
+    edit(arrays, meta)
+    path = _write(tmp_path / "bad.npz", arrays, meta)
+    with pytest.raises(CheckpointError, match=message):
+        load(path)
+
+
+def test_a_general_checkpoint_loads_as_it_was_saved(general):
+    model = load(general)
+    assert (model.encoder_dims, model.decoder_dims) == ((8, 6), (5,))
+    assert model.activations == ("tanh", "relu", "softplus") and model.hidden_dims is None

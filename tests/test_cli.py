@@ -62,3 +62,26 @@ def test_errors_are_reported_without_a_traceback(tmp_path, capsys):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     assert cli.main(["evaluate", str(tmp_path / "junk.npz"), "--data", "digits"]) == 2
     assert "not a readable fastvae checkpoint" in capsys.readouterr().err
+
+
+def test_every_command_takes_an_asymmetric_checkpoint(tmp_path, capsys):
+    """A checkpoint of a model with different encoder and decoder widths (as VAE.from_torch
+    makes): evaluate, figures, sample and train --resume read it; a flag it cannot have is
+    refused naming the checkpoint."""
+    path = tmp_path / "a.npz"
+    VAE(64, latent_dim=3, activation=["relu", "tanh", "softplus"], encoder_dims=(24, 12),
+        decoder_dims=(16,), seed=2).save(path)
+    assert cli.main(["evaluate", str(path), "--data", "digits", "--K", "5",
+                     "--examples", "10"]) == 0
+    assert "log p(x)" in capsys.readouterr().out
+    assert cli.main(["figures", str(path), "--data", "digits", "--out-dir",
+                     str(tmp_path)]) == 0
+    assert cli.main(["sample", str(path), "--n", "4", "--out", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert cli.main(["train", "--data", "digits", "--epochs", "1", "--resume", "--out",
+                     str(path)]) == 0
+    model = VAE.load(path)
+    assert len(model.history) == 1 and model.encoder_dims == (24, 12)
+    assert cli.main(["train", "--data", "digits", "--hidden", "24", "--epochs", "2", "--resume",
+                     "--out", str(path)]) != 0
+    assert "--hidden cannot describe the checkpoint" in capsys.readouterr().err

@@ -48,6 +48,70 @@ def test_loss_and_grads_match_finite_differences(likelihood, objective, k, activ
         assert numeric == pytest.approx(analytic, rel=1e-5, abs=1e-8)
 
 
+GENERAL = [   # (encoder_dims, decoder_dims, activation per hidden layer)
+    ((6, 5), (4,), ["tanh", "relu", "softplus"]),
+    ((5,), (3, 6), ["sigmoid", "tanh", "relu"]),
+    ((), (4,), ["tanh"]),                 # no hidden encoder layer: the heads read x
+    ((4,), (), ["softplus"]),             # no hidden decoder layer: dec_out reads z
+]
+
+
+@pytest.mark.parametrize("encoder_dims, decoder_dims, activation", GENERAL)
+@pytest.mark.parametrize("likelihood, objective, k", [("bernoulli", "elbo", 1),
+                                                      ("gaussian", "iwae", 2)])
+def test_an_asymmetric_model_matches_finite_differences(encoder_dims, decoder_dims, activation,
+                                                        likelihood, objective, k):
+    rng = np.random.default_rng(2)
+    model = VAE(7, latent_dim=3, likelihood=likelihood, activation=activation, dtype="float64",
+                encoder_dims=encoder_dims, decoder_dims=decoder_dims)
+    for name in model.params:   # no zero biases: every parameter must matter
+        model.params[name] = model.params[name] + 0.3 * rng.standard_normal(
+            model.params.shapes[name])
+    assert [layer.activation for layer in model.encoder + model.decoder[:-1]] == activation
+    x, eps = _data(6, 7, rng), rng.standard_normal((6, k, 3))
+    loss, grads = model.loss_and_grads(x, eps, objective=objective)
+    base = model.params.flat.copy()
+    for _ in range(3):
+        direction = rng.standard_normal(base.shape)
+        model.params.flat[...] = base + 1e-6 * direction
+        plus = model.loss_and_grads(x, eps, objective=objective)[0]
+        model.params.flat[...] = base - 1e-6 * direction
+        minus = model.loss_and_grads(x, eps, objective=objective)[0]
+        model.params.flat[...] = base
+        analytic = sum(np.sum(grads[n] * direction[_slice(model, n)].reshape(grads[n].shape))
+                       for n in grads)
+        assert (plus - minus) / 2e-6 == pytest.approx(analytic, rel=1e-5, abs=1e-8)
+
+
+def test_an_asymmetric_model_round_trips_through_a_checkpoint(tmp_path):
+    x = np.random.default_rng(3).random((40, 7)).astype(np.float32)
+    model = VAE(7, latent_dim=2, activation=["tanh", "relu", "softplus"], encoder_dims=(6, 5),
+                decoder_dims=(4,), seed=1)
+    model.fit(x, epochs=1, batch_size=16, progress=False, checkpoint=tmp_path / "a.npz")
+    assert model.config()["encoder_dims"] == [6, 5] and model.config()["decoder_dims"] == [4]
+    back = VAE.load(tmp_path / "a.npz")
+    assert (back.encoder_dims, back.decoder_dims, back.activations) == \
+        ((6, 5), (4,), ("tanh", "relu", "softplus"))
+    np.testing.assert_array_equal(back.params.flat, model.params.flat)
+    np.testing.assert_array_equal(back.log_likelihood(x[:5], K=7, progress=False),
+                                  model.log_likelihood(x[:5], K=7, progress=False))
+    mirrored = VAE(7, (5,), 2, activation="tanh")    # the mirrored form is written as before
+    assert set(mirrored.config()) >= {"hidden_dims", "activation"}
+    assert "encoder_dims" not in mirrored.config() and mirrored.hidden_dims == (5,)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(hidden_dims=(4,), encoder_dims=(4,), decoder_dims=(4,)), "not both"),
+    (dict(encoder_dims=(4,)), "go together"),
+    (dict(encoder_dims=(4,), decoder_dims=(3,), activation=["relu"]), "2 names"),
+    (dict(encoder_dims=(4,), decoder_dims=(3,), activation=["relu", "gelu"]), "activation"),
+    (dict(encoder_dims=(4, 0), decoder_dims=(3,)), "encoder_dims"),
+])
+def test_bad_architectures_are_refused_naming_the_argument(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        VAE(7, latent_dim=2, **kwargs)
+
+
 def _slice(model, name):
     start = 0
     for other, shape in model.params.shapes.items():
