@@ -7,6 +7,7 @@ from . import _device
 from . import _validate as check
 from . import checkpoint
 from . import eval as evaluation
+from . import importers
 from . import train
 from ._reference import LIKELIHOODS   # noqa: F401 - the public name fastvae.model.LIKELIHOODS
 from .data import raise_first_bad
@@ -90,6 +91,24 @@ class VAE(VAENetwork):
     def save(self, path):
         """Write the checkpoint (parameters, optimizer state, history) to path atomically."""
         checkpoint.save(self, path)
+
+    @classmethod
+    def from_torch(cls, encoder, mu, logvar, decoder, likelihood="bernoulli", dec_logvar=None,
+                   dtype="float32", seed=0):
+        """A VAE with the weights of a PyTorch MLP VAE (``nn.Sequential``s of ``nn.Linear`` and
+        activations, mu/logvar heads or a chunk(2) head); see ``fastvae.importers.from_torch``
+        for what is accepted and what is refused."""
+        return importers.from_torch(cls, encoder, mu, logvar, decoder, likelihood, dec_logvar,
+                                    dtype, seed)
+
+    @classmethod
+    def from_arrays(cls, encoder, decoder, mu=None, logvar=None, activation="relu",
+                    likelihood="bernoulli", dec_logvar=None, layout="in_out", dtype="float32",
+                    seed=0):
+        """A VAE from plain (W, b) arrays per layer (NumPy, JAX/Flax, torch), W (in, out) or
+        (out, in) by ``layout``; see ``fastvae.importers.from_arrays``."""
+        return importers.from_arrays(cls, encoder, decoder, mu, logvar, activation, likelihood,
+                                     dec_logvar, layout, dtype, seed)
 
     @classmethod
     def load(cls, path, device="cpu"):
