@@ -12,7 +12,8 @@ _SUBMODULES = ("ops", "random", "data", "model", "train", "eval", "figures",
                "torch", "jax", "distributed")   # the last three need optional extras
 _NAMES = {"VAE": "model", "TrainingDiverged": "train", "TrainingInterrupted": "train",
           "CheckpointNotWritten": "train", "CheckpointError": "checkpoint",
-          "set_num_threads": "_threads", "num_threads": "_threads"}
+          "set_num_threads": "_threads", "num_threads": "_threads",
+          "log_likelihood": "callables", "CallableVAE": "callables"}
 
 
 def __getattr__(name):

@@ -131,6 +131,9 @@ def _add_evaluate(e):
     e.add_argument("--examples", type=int,
                    help="log-likelihood on the first N >= 1 test examples only (ELBO uses all)")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", metavar="FILE.npy",
+                   help="write the per-example log p(x) estimates (float64) to this .npy file, "
+                        "filled as the rows finish (NaN where an interrupted run did not reach)")
     e.add_argument("--scheduler", metavar="ADDRESS",
                    help="estimate log p(x) on the Dask cluster of this scheduler, e.g. "
                         "tcp://host:8786 (pip install 'fastvae[distributed]')")
@@ -167,7 +170,7 @@ def _check_report_options(K, ll_examples, examples_flag="--examples / --eval-exa
                          f"example), got {ll_examples!r}")
 
 
-def _report(model, x, K, seed, ll_examples=None, client=None):
+def _report(model, x, K, seed, ll_examples=None, client=None, out=None):
     """Print the test ELBO on all of x and the IWAE log-likelihood on its first ll_examples
     (on the Dask cluster of client, if given). K and ll_examples are checked before any work."""
     _check_report_options(K, ll_examples)
@@ -179,14 +182,28 @@ def _report(model, x, K, seed, ll_examples=None, client=None):
         x = x[:ll_examples] if ll_examples else x
         t0 = time.perf_counter()
         if client is None:
-            ll = model.log_likelihood(x, K=K, seed=seed)
+            estimate = model.log_likelihood(x, K=K, seed=seed, out=out, stats=True)
         else:
             from .distributed import log_likelihood
-            ll = client.compute(log_likelihood(model, x, K=K, seed=seed, client=client)).result()
-        seconds = time.perf_counter() - t0
-        print(f"test log p(x) (IWAE, K={K}): {ll.mean():.3f} ± "
-              f"{ll.std() / np.sqrt(len(ll)):.3f} nats ({len(x)} examples, {seconds:.1f} s, "
-              f"{len(x) * K / seconds:,.0f} pairs/s)")
+            estimate = log_likelihood(model, x, K=K, seed=seed, client=client, out=out,
+                                      stats=True)
+        _print_estimate(estimate, time.perf_counter() - t0, out)
+
+
+def _print_estimate(estimate, seconds, out):
+    """The log-likelihood with its standard error, the weights' ESS and the active units."""
+    from .eval import ACTIVE_UNIT_THRESHOLD
+    s = estimate.summary()
+    n, K = s["examples"], s["K"]
+    print(f"test log p(x) (IWAE, K={K}): {s['log_likelihood']:.3f} ± {s['sem']:.3f} nats "
+          f"(standard error; {n} examples, {seconds:.1f} s, {n * K / seconds:,.0f} pairs/s)")
+    print(f"importance weights: effective sample size median {s['ess_median']:.1f} of K={K}, "
+          f"min {s['ess_min']:.1f}; {s['ess_below_1_percent_of_K']} of {n} examples below 1% "
+          f"of K")
+    print(f"active latent units: {s['active_units']} of {s['latent_dim']} (Var_x E_q[z_u] > "
+          f"{ACTIVE_UNIT_THRESHOLD:g})")
+    if out:
+        print(f"per-example log p(x): {out} ({n} float64 values, .npy)")
 
 
 def _model_for_training(args, dataset):
@@ -283,13 +300,15 @@ def cmd_train(args):
 def cmd_evaluate(args):
     from .model import VAE
     _check_report_options(args.K, args.examples, "--examples")
+    if args.out and not args.K:
+        raise ValueError("--out holds the per-example log p(x): it needs --K >= 1")
     model = VAE.load(args.checkpoint)
     x = _test_set(_load_data(args.data), model, args.seed)
     if not args.scheduler:
-        _report(model, x, args.K, args.seed, args.examples)
+        _report(model, x, args.K, args.seed, args.examples, out=args.out)
         return
     with _dask_client(args.scheduler) as client:
-        _report(model, x, args.K, args.seed, args.examples, client)
+        _report(model, x, args.K, args.seed, args.examples, client, args.out)
 
 
 DASK_CONNECT_TIMEOUT = "5s"   # Dask's default (30 s) made a refused connection wait 30 s

@@ -29,6 +29,9 @@ How it works:
   chunk's GPU and the chunk's estimator runs there; the (N,) result chunks are NumPy.
 """
 import collections
+import contextlib
+import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -48,7 +51,8 @@ except ImportError:   # pragma: no cover - depends on the environment
 
 from . import _validate as check
 from ._device import is_device_array, to_host
-from .eval import DEFAULT_MAX_PAIRS, rows_of
+from .callables import CallableVAE
+from .eval import DEFAULT_MAX_PAIRS, Estimate, LatentSpread, rows_of
 from .eval import log_likelihood as _log_likelihood_local
 from .model import VAE
 
@@ -105,23 +109,47 @@ def _worker_model(spec, device="cpu", gpu=None):
         return _MODELS[key]
 
 
+def _block_model(spec, block):
+    """The model of one task and its rows as host arrays: a VAE rebuilt from its ModelSpec (on
+    the chunk's GPU for CuPy rows), or the CallableVAE shipped as it is."""
+    if isinstance(spec, CallableVAE):
+        return spec, to_host(block), None
+    if not is_device_array(block):
+        return _worker_model(spec), block, None
+    import cupy
+    device = cupy.cuda.Device(block.device.id)
+    # eval's row reader is host-side (np.ascontiguousarray), so the rows take one round trip
+    # (n*D values) against the K decoder passes per row that follow on the GPU.
+    with device:
+        return _worker_model(spec, "cuda", block.device.id), cupy.asnumpy(block), device
+
+
 def _block_log_likelihood(block, spec, K, seed, max_pairs, block_info=None):
     """One task: rows (n, D) of the data (NumPy or CuPy) -> their estimates (n,) float64."""
     first_row = block_info[0]["array-location"][0][0]
-    if not is_device_array(block):
-        return _log_likelihood_local(_worker_model(spec), block, K, seed, max_pairs,
-                                     progress=False, first_row=first_row, name="data")
-    import cupy
-    with cupy.cuda.Device(block.device.id):
-        model = _worker_model(spec, "cuda", block.device.id)
-        # eval's row reader is host-side (np.ascontiguousarray), so the rows take one round trip
-        # (n*D values) against the K decoder passes per row that follow on the GPU.
-        return _log_likelihood_local(model, cupy.asnumpy(block), K, seed, max_pairs,
-                                     progress=False, first_row=first_row, name="data")
+    return _block_estimate(block, spec, K, seed, max_pairs, first_row, stats=False)
+
+
+def _block_estimate(block, spec, K, seed, max_pairs, first_row, stats):
+    model, rows, device = _block_model(spec, block)
+    with contextlib.nullcontext() if device is None else device:
+        return _log_likelihood_local(model, rows, K, seed, max_pairs, progress=False,
+                                     first_row=first_row, name="data", stats=stats)
+
+
+def _block_stats(block, spec, K, seed, max_pairs, first_row, target):
+    """One task of stats=True: -> (estimates (n,) or None when written to target, ESS (n,),
+    LatentSpread of the block's encoder means)."""
+    estimate = _block_estimate(block, spec, K, seed, max_pairs, first_row, stats=True)
+    values = estimate.log_likelihood
+    if target is not None:
+        _write_rows(values, target, first_row)
+        values = None
+    return values, estimate.ess, estimate.latent_spread
 
 
 def log_likelihood(model, data, K=5000, seed=None, max_pairs=DEFAULT_MAX_PAIRS, client=None,
-                   out=None, chunk_rows=None):
+                   out=None, chunk_rows=None, stats=False):
     """``model.log_likelihood(data, K, seed, max_pairs=max_pairs)`` computed on a Dask cluster.
 
     data: (N, D) float rows: a ``dask.array`` (NumPy or CuPy chunks; its row chunks are kept
@@ -145,7 +173,14 @@ def log_likelihood(model, data, K=5000, seed=None, max_pairs=DEFAULT_MAX_PAIRS, 
     Bad rows (NaN/Inf; outside [0, 1] for a Bernoulli model) make the computation raise
     ValueError naming the global row, column and value (checked in the tasks, see the module doc);
     with out=, before this function returns.
+    model: a ``fastvae.VAE`` (shipped as its ModelSpec) or a ``fastvae.CallableVAE`` (any
+    encoder and decoder, shipped with cloudpickle: its functions must pickle).
+    stats: True -> computed now, returned as a ``fastvae.eval.Estimate`` (the estimates, their
+    standard error, the ESS per example, the active units), the same numbers as one machine's
+    ``log_likelihood(..., stats=True)``; with out=, the workers write the estimates to the file
+    and only the ESS (N,) and the (L,) latent statistics travel to the client.
     """
+    model = _sized(model, data)
     K = check.integer("K", K, 1)
     max_pairs = check.integer("max_pairs", max_pairs, 1)
     seed = model.seed + 2 if seed is None else check.integer("seed", seed, 0, 2 ** 64 - 1)
@@ -154,9 +189,14 @@ def log_likelihood(model, data, K=5000, seed=None, max_pairs=DEFAULT_MAX_PAIRS, 
     data = data if isinstance(data, da.Array) else rows_of(model, data, "data")
     x = _as_dask_rows(model, data, align, _rows_per_task(data, K, align, client, chunk_rows))
     target = None if out is None else _out_target(out, x.shape[0])
-    spec = ModelSpec.of(model)
+    spec = ModelSpec.of(model) if isinstance(model, VAE) else model
     spec = client.scatter(spec, broadcast=True, hash=True) if client is not None else \
         dask.delayed(spec, pure=True)
+    if stats:
+        estimate = _stats(x, spec, K, seed, max_pairs, client, target)
+        return estimate if out is None else dataclasses.replace(
+            estimate, log_likelihood=out if isinstance(out, np.memmap) else
+            np.load(out, mmap_mode="r"))
     token = dask.base.tokenize(x, spec, K, seed, max_pairs)
     ll = da.map_blocks(_block_log_likelihood, x, spec, K=K, seed=seed, max_pairs=max_pairs,
                        drop_axis=1, dtype=np.float64, meta=np.empty(0, np.float64),
@@ -165,6 +205,34 @@ def log_likelihood(model, data, K=5000, seed=None, max_pairs=DEFAULT_MAX_PAIRS, 
         return ll
     _write(ll, target, client)
     return out if isinstance(out, np.memmap) else np.load(out, mmap_mode="r")
+
+
+def _sized(model, data):
+    """model, refused unless a VAE or CallableVAE; a CallableVAE without input_dim gets a copy
+    with the data's width (its D is needed to check the rows before any task runs)."""
+    if not isinstance(model, (VAE, CallableVAE)):
+        raise TypeError(f"model must be a fastvae.VAE or a fastvae.CallableVAE, got "
+                        f"{type(model).__name__}")
+    if isinstance(model, CallableVAE) and model.input_dim is None and len(data.shape) == 2:
+        model = copy.copy(model)
+        model.input_dim = int(data.shape[1])
+    return model
+
+
+def _stats(x, spec, K, seed, max_pairs, client, target):
+    """stats=True: one delayed task per row chunk (_block_stats), computed now; the per-chunk
+    results are put together in row order into an Estimate."""
+    starts = np.concatenate([[0], np.cumsum(x.chunks[0])[:-1]])
+    name = f"fastvae-log-likelihood-stats-{dask.base.tokenize(x, spec, K, seed, max_pairs, target)}"
+    tasks = [dask.delayed(_block_stats)(block, spec, K, seed, max_pairs, int(a), target,
+                                        dask_key_name=(name, i))
+             for i, (block, a) in enumerate(zip(x.to_delayed()[:, 0], starts))]
+    parts = client.compute(tasks, sync=True) if client is not None else dask.compute(*tasks)
+    spread = LatentSpread()
+    for _, _, block_spread in parts:
+        spread = spread.merged(block_spread)
+    values = None if target is not None else np.concatenate([p[0] for p in parts])
+    return Estimate(values, np.concatenate([p[1] for p in parts]), spread, K, seed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,14 +357,17 @@ def _write_block(values, target, block_info=None):
     """values (n,) of rows a:a+n -> written at their place in the file; returns [n].
     Plain file writes, not a mapping: only these rows' bytes change, even when two machines
     share a page of the file over a network file system."""
-    a = block_info[0]["array-location"][0][0]
+    _write_rows(values, target, block_info[0]["array-location"][0][0])
+    return np.array([len(values)])
+
+
+def _write_rows(values, target, first_row):
     data = np.ascontiguousarray(values, dtype=target.dtype).tobytes()
     with open(target.filename, "r+b") as f:
-        f.seek(target.offset + a * target.dtype.itemsize)
+        f.seek(target.offset + first_row * target.dtype.itemsize)
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    return np.array([len(values)])
 
 
 def _write(ll, target, client):

@@ -6,6 +6,9 @@ Noise layout: sample k of example r uses the normals at Philox indices ``(r*K + 
 lets a cluster split the rows and still reproduce the single-machine numbers).
 """
 import math
+import os
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -25,7 +28,7 @@ def rows_of(model, x, name="x"):
     """Check an array-like of rows (ndarray, memmap, list) without loading it: (N, D) float."""
     a = x if hasattr(x, "shape") and hasattr(x, "dtype") else np.asarray(x)
     check.check_float_dtype(name, a)
-    if a.ndim != 2 or a.shape[1] != model.input_dim:
+    if a.ndim != 2 or a.shape[1] != (model.input_dim or a.shape[1]):
         raise ValueError(f"{name} must be (N, {model.input_dim}) (input_dim = {model.input_dim}), "
                          f"got shape {tuple(a.shape)}")
     if a.shape[0] == 0:
@@ -102,8 +105,60 @@ def _log_weights(model, x, mu, logvar, eps):
     return logw
 
 
+# Burda et al. (2016), "Importance Weighted Autoencoders", section 5.2: latent unit u is active
+# when Cov_x(E_{z ~ q(z|x)}[z_u]) = Var_x(mu_u) exceeds 10^-2.
+ACTIVE_UNIT_THRESHOLD = 1e-2
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What ``log_likelihood(..., stats=True)`` measured over N examples with K samples each.
+
+    log_likelihood (N,) float64: the per-example estimates in nats (the memmap of ``out=``
+    when one was given). ess (N,) float64: the effective sample size of each example's K
+    importance weights, ``(sum_k w_k)^2 / sum_k w_k^2`` in [1, K]; far below K says the encoder's
+    q(z|x) is a poor proposal for that x and the estimate is less reliable there.
+    latent_spread: the encoder means' spread over the examples (``latent_variance`` (L,)
+    float64: Var over the examples of mu_u, per latent unit).
+    """
+    log_likelihood: np.ndarray
+    ess: np.ndarray
+    latent_spread: "LatentSpread"
+    K: int
+    seed: int
+
+    @property
+    def latent_variance(self):
+        return self.latent_spread.variance()
+
+    @property
+    def mean(self):
+        """The dataset's mean log p(x), nats."""
+        return float(np.mean(self.log_likelihood))
+
+    @property
+    def sem(self):
+        """Standard error of the mean over the examples (NaN for one example)."""
+        n = len(self.log_likelihood)
+        return float(np.std(self.log_likelihood, ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+
+    @property
+    def active_units(self):
+        """Latent units with Var_x(mu_u) > ACTIVE_UNIT_THRESHOLD (Burda et al.)."""
+        return int(np.count_nonzero(self.latent_variance > ACTIVE_UNIT_THRESHOLD))
+
+    def summary(self):
+        """The numbers a paper reports, as a dict of Python scalars."""
+        ess = np.asarray(self.ess)
+        return {"examples": len(self.log_likelihood), "K": self.K, "seed": self.seed,
+                "log_likelihood": self.mean, "sem": self.sem,
+                "ess_median": float(np.median(ess)), "ess_min": float(ess.min()),
+                "ess_below_1_percent_of_K": int(np.count_nonzero(ess < 0.01 * self.K)),
+                "active_units": self.active_units, "latent_dim": len(self.latent_variance)}
+
+
 def log_likelihood(model, x, K=5000, seed=None, max_pairs=DEFAULT_MAX_PAIRS, progress=None,
-                   first_row=0, name="x"):
+                   first_row=0, name="x", out=None, stats=False):
     """Importance-weighted estimate ``log p(x_n) ~ logsumexp_k log w_nk - log K`` (nats), (N,).
 
     x: anything array-like of shape (N, D), a ``numpy.memmap`` larger than RAM included; it is
@@ -117,6 +172,12 @@ def log_likelihood(model, x, K=5000, seed=None, max_pairs=DEFAULT_MAX_PAIRS, pro
     same), else within float rounding. ``fastvae.distributed`` splits the rows that way.
     Each chunk is checked as it is read: NaN/Inf (and values outside [0, 1] for a Bernoulli
     model) raise ValueError naming ``name``, the row (first_row + r), the column and the value.
+    out: a path -> the (N,) float64 estimates are written into a ``.npy`` file there as the row
+    blocks finish (rows not reached yet hold NaN, so an interrupted run keeps what it computed),
+    and returned as a read-only memmap of it.
+    stats: True -> an ``Estimate`` (the estimates with their standard error, the effective
+    sample size per example and the active latent units) instead of the array.
+    model: a ``fastvae.VAE``, or a ``fastvae.CallableVAE`` (any encoder and decoder).
     """
     x = rows_of(model, x, name)
     K = check.integer("K", K, 1)
@@ -124,42 +185,104 @@ def log_likelihood(model, x, K=5000, seed=None, max_pairs=DEFAULT_MAX_PAIRS, pro
     max_pairs = check.integer("max_pairs", max_pairs, 1)
     seed = model.seed + 2 if seed is None else check.integer("seed", seed, 0, 2 ** 64 - 1)
     n_rows, rows_per_chunk = x.shape[0], max(1, max_pairs // K)
-    result = np.empty(n_rows, dtype=np.float64)
+    values = _output(out, n_rows)
+    ess = np.empty(n_rows, dtype=np.float64)
+    spread = LatentSpread()
     starts = range(0, n_rows, rows_per_chunk)
     with tqdm(total=n_rows * K, unit="pair", unit_scale=True, disable=_no_bar(progress),
               desc=f"log p(x), K={K}") as bar, cpu_work(model.device):
         def block(r0):
             rows = _log_likelihood_rows(model, x, r0, r0 + rows_per_chunk, K, seed, first_row,
                                         max_pairs, name)
-            bar.update(len(rows) * K)
+            bar.update(len(rows[0]) * K)
             return r0, rows
         # Row blocks as tiles of the pool (fastvae/_threads.py), each computed on one thread
         # (its layers' tiles run inline), so the result does not depend on the thread count. A
         # single block (few rows, large K) runs here with its layers' tiles on the pool instead,
         # or one core would idle: 32 rows at K=100 (one block), 2 cores: 82.0k pairs/s with
         # the threads inside the block, 35.6k on one worker (benchmarks/dev/threading_ab.py,
-        # K=100 BS=32, measured when BLAS still had its own threads).
-        blocks = ordered_map(block, starts, model.device) if len(starts) > 1 else [block(0)]
-        for r0, rows in blocks:
-            result[r0:r0 + len(rows)] = rows
-    return result
+        # K=100 BS=32, measured when BLAS still had its own threads). A CallableVAE's blocks
+        # run here one after another: the user's library has threads of its own.
+        parallel = len(starts) > 1 and getattr(model, "blocks_in_parallel", True)
+        blocks = ordered_map(block, starts, model.device) if parallel else map(block, starts)
+        try:
+            for r0, (ll, block_ess, mu) in blocks:
+                values[r0:r0 + len(ll)] = ll
+                ess[r0:r0 + len(ll)] = block_ess
+                spread = spread.merged(LatentSpread.of(mu))
+        finally:
+            if out is not None:
+                values.flush()
+    if out is not None:
+        values = np.load(out, mmap_mode="r")
+    if not stats:
+        return values
+    return Estimate(values, ess, spread, K, seed)
+
+
+def _output(out, n_rows):
+    """(N,) float64 array for the estimates: in memory, or a NaN-filled .npy file at ``out``."""
+    if out is None:
+        return np.empty(n_rows, dtype=np.float64)
+    if not isinstance(out, (str, os.PathLike)):
+        raise TypeError(f"out must be None or a path for a .npy file, got {type(out).__name__}")
+    values = np.lib.format.open_memmap(os.fspath(out), mode="w+", dtype=np.float64,
+                                       shape=(n_rows,))
+    values[...] = np.nan
+    return values
+
+
+@dataclass(frozen=True)
+class LatentSpread:
+    """Count, mean (L,) and sum of squared deviations m2 (L,) of encoder means over examples,
+    merged block by block in order (Chan et al.'s pairwise update): memory (L,) whatever N."""
+    count: int = 0
+    mean: Any = 0.0
+    m2: Any = 0.0
+
+    @classmethod
+    def of(cls, mu):
+        mu = np.asarray(mu, dtype=np.float64)                       # (n, L)
+        mean = mu.mean(axis=0)
+        return cls(len(mu), mean, ((mu - mean) ** 2).sum(axis=0))
+
+    def merged(self, other):
+        total = self.count + other.count
+        delta = other.mean - self.mean
+        return LatentSpread(total, self.mean + delta * (other.count / total),
+                            self.m2 + other.m2 + delta ** 2 * (self.count * other.count / total))
+
+    def variance(self):
+        """Var over the examples (ddof=0), (L,) float64."""
+        return np.asarray(self.m2 / self.count, dtype=np.float64)
 
 
 def _log_likelihood_rows(model, x, start, stop, K, seed, first_row, max_pairs, name="x"):
-    """log p(x_r) for rows start:stop of x -> float64 (n,). The K samples go through the decoder
-    in chunks of at most max_pairs samples; the log-sum-exp states are merged in chunk order."""
+    """Rows start:stop of x -> (log p(x_r) (n,), ESS (n,), mu (n, L) on the host), float64 but
+    mu. The K samples go through the decoder in chunks of at most max_pairs samples; the
+    log-sum-exp states of log w and of 2 log w (for the ESS) are merged in chunk order."""
     xc = _chunk(model, x, start, stop, name, first_row)
     mu, logvar = model.encoder_forward(xc)
     lse = model.kernels.logsumexp
-    m = model.kernels.xp.full(len(xc), -np.inf, model.dtype)
-    s = model.kernels.xp.zeros(len(xc), model.dtype)
+    m, s, m2, s2 = _empty_states(model, len(xc))
     k_per_chunk = min(K, max_pairs)
     for k0 in range(0, K, k_per_chunk):
         n_k = min(k_per_chunk, K - k0)
         eps = _noise(model, seed, first_row + start, len(xc), K, k0, n_k)
-        m, s = lse.logsumexp_merge(m, s, *lse.logsumexp_partial(
-            _log_weights(model, xc, mu, logvar, eps)))
-    return to_host(lse.logsumexp_finalize(m, s)) - math.log(K)
+        logw = _log_weights(model, xc, mu, logvar, eps)          # (n, n_k)
+        m, s = lse.logsumexp_merge(m, s, *lse.logsumexp_partial(logw))
+        m2, s2 = lse.logsumexp_merge(m2, s2, *lse.logsumexp_partial(logw * 2))
+    lse_w = to_host(lse.logsumexp_finalize(m, s)).astype(np.float64)
+    lse_w2 = to_host(lse.logsumexp_finalize(m2, s2)).astype(np.float64)
+    with np.errstate(invalid="ignore"):                         # -inf - -inf: NaN, as it should
+        ess = np.exp(2 * lse_w - lse_w2)
+    return lse_w - math.log(K), ess, to_host(mu)
+
+
+def _empty_states(model, n):
+    xp = model.kernels.xp
+    return (xp.full(n, -np.inf, model.dtype), xp.zeros(n, model.dtype),
+            xp.full(n, -np.inf, model.dtype), xp.zeros(n, model.dtype))
 
 
 def elbo(model, x, k=1, seed=None, batch_size=1024):

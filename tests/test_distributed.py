@@ -325,3 +325,78 @@ def test_cli_reports_an_unreachable_scheduler(tmp_path, capsys):
                          "--K", "3", "--scheduler", "tcp://127.0.0.1:9"])   # nothing listens
     assert code == 2
     assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# stats=True, and any encoder and decoder (fastvae.CallableVAE)
+# ---------------------------------------------------------------------------------------------
+def _assert_same_estimate(got, want):
+    _assert_identical(got.log_likelihood, want.log_likelihood)
+    _assert_identical(got.ess, want.ess)
+    _assert_identical(got.latent_variance, want.latent_variance)
+    assert got.summary() == want.summary()
+
+
+def test_stats_on_the_cluster_are_those_of_one_machine(client, tmp_path):
+    model, x = _model("float32"), _rows(101, "float32")
+    want = model.log_likelihood(x, K=40, seed=2, stats=True, progress=False)
+    _assert_same_estimate(fd.log_likelihood(model, x, K=40, seed=2, chunk_rows=17,
+                                            client=client, stats=True), want)
+    written = fd.log_likelihood(model, x, K=40, seed=2, chunk_rows=30, client=client,
+                                stats=True, out=tmp_path / "ll.npy")
+    assert isinstance(written.log_likelihood, np.memmap)
+    _assert_same_estimate(written, want)
+    _assert_same_estimate(fd.log_likelihood(model, x, K=40, seed=2, stats=True), want)
+
+
+def test_torch_callables_are_shipped_to_the_workers(client):
+    """The functions close over torch modules: cloudpickle carries them to the workers."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(3)
+    enc = torch.nn.Sequential(torch.nn.Linear(64, 17), torch.nn.Tanh(), torch.nn.Linear(17, 8))
+    dec = torch.nn.Sequential(torch.nn.Linear(4, 23), torch.nn.ReLU(), torch.nn.Linear(23, 64))
+    import fastvae
+    callables = fastvae.CallableVAE(lambda x: enc(x).chunk(2, dim=1), dec, inputs="torch")
+    x = _rows(77, "float32")
+    want = fastvae.log_likelihood(lambda x: enc(x).chunk(2, dim=1), dec, x, K=30, seed=5,
+                                  inputs="torch", stats=True, progress=False)
+    lazy = fd.log_likelihood(callables, x, K=30, seed=5, chunk_rows=20, client=client)
+    _assert_identical(client.compute(lazy).result(), want.log_likelihood)
+    _assert_same_estimate(fd.log_likelihood(callables, x, K=30, seed=5, chunk_rows=20,
+                                            client=client, stats=True), want)
+    with pytest.raises(TypeError, match="model must be a fastvae.VAE or a fastvae.CallableVAE, "
+                                        "got tuple"):
+        fd.log_likelihood((enc, dec), x, K=3, client=client)
+
+
+def test_cli_evaluate_prints_the_statistics_and_writes_out(cluster, client, tmp_path, capsys):
+    """A checkpoint saved by VAE.from_torch, evaluated locally and with --scheduler."""
+    torch = pytest.importorskip("torch")
+    import fastvae
+    torch.manual_seed(5)
+    enc = torch.nn.Sequential(torch.nn.Linear(64, 19), torch.nn.Softplus())
+    heads = torch.nn.Linear(19, 3), torch.nn.Linear(19, 3)
+    dec = torch.nn.Sequential(torch.nn.Linear(3, 11), torch.nn.Tanh(), torch.nn.Linear(11, 64),
+                              torch.nn.Sigmoid())
+    fastvae.VAE.from_torch(enc, *heads, dec).save(tmp_path / "imported.npz")
+    np.savez(tmp_path / "d.npz", x_train=_rows(20, "float32"), x_test=_rows(23, "float32"))
+    args = ["evaluate", str(tmp_path / "imported.npz"), "--data", str(tmp_path / "d.npz"),
+            "--K", "50", "--seed", "1"]
+    assert cli.main(args + ["--out", str(tmp_path / "local.npy")]) == 0
+    local = capsys.readouterr().out
+    assert cli.main(args + ["--scheduler", cluster[0].scheduler_address,
+                            "--out", str(tmp_path / "cluster.npy")]) == 0
+    remote = capsys.readouterr().out
+    for text in (local, remote):
+        assert "effective sample size median" in text and "of K=50" in text
+        assert "active latent units: " in text and " of 3 (Var_x E_q[z_u] > 0.01)" in text
+    lines = [[line for line in text.splitlines() if line.startswith(("test log p", "importance",
+                                                                     "active"))]
+             for text in (local, remote)]
+    assert [line.split("nats")[0] for line in lines[0]] == \
+        [line.split("nats")[0] for line in lines[1]]
+    _assert_identical(np.load(tmp_path / "cluster.npy"), np.load(tmp_path / "local.npy"))
+    assert np.all(np.isfinite(np.load(tmp_path / "local.npy")))
+    assert cli.main(["evaluate", str(tmp_path / "imported.npz"), "--data",
+                     str(tmp_path / "d.npz"), "--K", "0", "--out", str(tmp_path / "x.npy")]) == 2
+    assert "--out holds the per-example log p(x): it needs --K >= 1" in capsys.readouterr().err
