@@ -85,7 +85,9 @@ class VAE(VAENetwork):
 
     def log_likelihood(self, x, K=5000, seed=None, **options):
         """(N,) importance-weighted estimate of log p(x) in nats; see ``fastvae.eval``.
-        x is checked as in ``encode``."""
+        x is checked as in ``encode``. ``out=path`` writes the values to a .npy file as they
+        finish; ``stats=True`` returns a ``fastvae.eval.Estimate`` (standard error, effective
+        sample size per example, active latent units)."""
         return evaluation.log_likelihood(self, x, K=K, seed=seed, **options)
 
     def save(self, path):
