@@ -67,3 +67,15 @@ def reparam_backward(given, generated, dz, cache):
     if eps is not None:
         return given(dz, logvar, eps)
     return generated(dz, logvar, seed, offset)
+
+
+X_HINT = ("x must be the data in [0, 1] and dec_out the decoder's logits; did you swap them? "
+          "(torch's F.binary_cross_entropy takes (recon, x))")
+
+
+def bad_x_message(op, row, col, value):
+    """The ValueError text of the Bernoulli data check (fastvae/cpu/elbo.py, fastvae/cuda/elbo.py)
+    for x[row, col] = value, outside [0, 1] or NaN."""
+    where = "not a number" if value != value else "outside [0, 1]"
+    return (f"{op}: x has {value!s} at row {row}, column {col}, {where}, which the Bernoulli "
+            f"likelihood refuses; {X_HINT}")

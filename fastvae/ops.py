@@ -12,7 +12,12 @@ float64 inputs compute in float64. Non-contiguous inputs are copied once. Every 
 >= 1. Errors name the argument: ``TypeError`` for a wrong dtype or type, ``ValueError`` for a wrong
 rank, mismatched shapes, empty arrays or out-of-range scalars. NaN or Inf in the inputs propagate
 to NaN in the affected rows (or to the mathematically exact infinity, e.g. an all -inf row of
-log-weights gives -inf), and never to a wrong finite number.
+log-weights gives -inf), and never to a wrong finite number. One exception: with the Bernoulli
+likelihood, ``elbo_forward``, ``elbo_loss_and_grads`` and ``log_weight_forward`` refuse an x
+outside [0, 1] or NaN (``ValueError`` naming x, the first such row and column, and the value;
+checked inside the fused kernel's pass over x, so nothing is returned): x is the data and
+dec_out the logits, and swapping them (F.binary_cross_entropy's order is (recon, x)) would
+otherwise give a wrong finite number. NaN in dec_out, mu, logvar still propagates.
 
 Shapes: N rows (examples), I/O layer widths, D data dimensions, L latent dimensions, K importance
 samples per example.
@@ -213,7 +218,8 @@ def elbo_forward(x, dec_out, mu, logvar, *, likelihood="bernoulli", dec_logvar=N
     """Per-row ELBO ``log p(x | z) - beta * KL(q(z | x) || N(0, I))``.
 
     x, dec_out (N, D) (dec_out: logits for "bernoulli", means for "gaussian"); mu, logvar (N, L);
-    dec_logvar (D,) for "gaussian" only; beta >= 0 -> (N,).
+    dec_logvar (D,) for "gaussian" only; beta >= 0 -> (N,). For "bernoulli", x must lie in [0, 1]
+    (ValueError naming the first bad row and column otherwise, NaN included).
     """
     module, arrays, beta = _elbo_inputs(x, dec_out, mu, logvar, likelihood, dec_logvar, beta)
     elbo, saved = module.elbo_forward(*arrays[:4], likelihood, arrays[4], beta)
@@ -234,6 +240,7 @@ def elbo_loss_and_grads(x, dec_out, mu, logvar, *, likelihood="bernoulli", dec_l
     """``loss = -mean_n elbo_n`` and its gradients in one fused pass over the rows.
 
     -> (loss: float, (ddec_out, dmu, dlogvar[, ddec_logvar])), shapes as ``elbo_backward``.
+    For "bernoulli", x must lie in [0, 1], as for ``elbo_forward``.
     """
     module, arrays, beta = _elbo_inputs(x, dec_out, mu, logvar, likelihood, dec_logvar, beta)
     return module.elbo_loss_and_grads(*arrays[:4], likelihood, arrays[4], beta)
@@ -311,6 +318,7 @@ def log_weight_forward(x, dec_out, mu, logvar, eps, *, likelihood="bernoulli",
 
     x (N, D); dec_out (N, K, D) = decoder(z); mu, logvar (N, L); eps (N, K, L) the noise with
     ``z = mu + exp(logvar / 2) * eps``; dec_logvar (D,) for "gaussian" -> logw (N, K).
+    For "bernoulli", x must lie in [0, 1], as for ``elbo_forward``.
     """
     check.choice("likelihood", likelihood, LIKELIHOODS)
     spec = {"x": (x, ("N", "D")), "dec_out": (dec_out, ("N", "K", "D")),

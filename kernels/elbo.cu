@@ -25,6 +25,11 @@
 // around them in double; Gaussian elements in double with inv_var = exp(-lv) precomputed in double.
 // The forwards' row sums are those of the kl and loglik kernels (kernels/kl.cuh, loglik.cuh).
 //
+// Bernoulli x is checked in the loops that read it (kernels/loglik.cuh: fv_outside_unit,
+// report_bad_x): first_bad (1,) gets the smallest flat index of an x outside [0, 1] or NaN, which
+// the launcher turns into a ValueError; the fused pass returns it with the loss
+// (elbo_loss_checked_kernel), in its one device-to-host copy.
+//
 // Bytes per row (T = 4 or 8 bytes): forward reads 2D T (x, dec_out) + 2L T (mu, lv), writes T.
 // Fused: reads 2D + 2L, writes D + 2L (gradients) of T, writes the float64 elbo (8 B); Gaussian
 // fused also read-modify-writes partial[b, d] (8 B, L1/L2-resident, one DRAM write per row block).
@@ -57,19 +62,22 @@ __device__ __forceinline__ double kl_row_partial_and_backward(T* __restrict__ dm
 }
 
 // bernoulli_row_partial, and dlogit = g (x - sigmoid(l)) (overwrites), one exp per element shared
-// by softplus and sigmoid.
+// by softplus and sigmoid; bad_col: this thread's first column with x outside [0, 1] or NaN
+// (n_cols if none; kernels/loglik.cuh's data check).
 // math: fastvae/_reference.py::bernoulli_loglik_forward, bernoulli_loglik_backward
 template <typename T>
 __device__ __forceinline__ double bernoulli_row_partial_and_backward(
         T* __restrict__ dlogit_row, T g, const T* __restrict__ x_row,
-        const T* __restrict__ logit_row, int n_cols) {
+        const T* __restrict__ logit_row, int n_cols, int& bad_col) {
     double acc = 0.0;
+    bad_col = n_cols;
     for (int d = threadIdx.x; d < n_cols; d += blockDim.x) {
         const T x = x_row[d];
         const T l = logit_row[d];
         const T e = fv_exp(-fv_abs(l));
         acc += (double)x * (double)l - (double)((l > T(0) ? l : T(0)) + fv_log1p(e));
         dlogit_row[d] = g * (x - (l >= T(0) ? T(1) : e) / (T(1) + e));
+        if (fv_outside_unit(x) && bad_col == n_cols) bad_col = d;
     }
     return acc;
 }
@@ -78,16 +86,20 @@ __device__ __forceinline__ double bernoulli_row_partial_and_backward(
 
 // math: fastvae/_reference.py::elbo_forward
 FV_KERNEL_F32_F64(elbo_bernoulli_forward_kernel,
-                  (T* __restrict__ elbo, const T* __restrict__ x, const T* __restrict__ logits,
-                   const T* __restrict__ mu, const T* __restrict__ logvar, double beta, int n_rows,
-                   int n_cols, int n_latent),
-                  (elbo, x, logits, mu, logvar, beta, n_rows, n_cols, n_latent)) {
-    // elbo (N,); x, logits (N, D); mu, logvar (N, L)
+                  (T* __restrict__ elbo, unsigned long long* __restrict__ first_bad,
+                   const T* __restrict__ x, const T* __restrict__ logits, const T* __restrict__ mu,
+                   const T* __restrict__ logvar, double beta, int n_rows, int n_cols,
+                   int n_latent),
+                  (elbo, first_bad, x, logits, mu, logvar, beta, n_rows, n_cols, n_latent)) {
+    // elbo (N,); first_bad (1,): min flat index of an x outside [0, 1] or NaN (kept if none);
+    // x, logits (N, D); mu, logvar (N, L)
     __shared__ double scratch[32];
     for (int n = blockIdx.x; n < n_rows; n += gridDim.x) {   // block-uniform loop (barriers inside)
         const long long row = (long long)n * n_cols, zrow = (long long)n * n_latent;
-        const double ll = block_sum_all(bernoulli_row_partial(x + row, logits + row, n_cols),
-                                        scratch);
+        int bad_col;
+        const double ll = block_sum_all(
+            bernoulli_row_partial_checked(x + row, logits + row, n_cols, bad_col), scratch);
+        report_bad_x(first_bad, row, bad_col, n_cols);
         const double kl = 0.5 * block_sum_all(
             kl_row_partial(mu + zrow, logvar + zrow, n_latent, threadIdx.x, blockDim.x), scratch);
         if (threadIdx.x == 0) elbo[n] = (T)(ll - beta * kl);
@@ -118,20 +130,25 @@ FV_KERNEL_F32_F64(elbo_gaussian_forward_kernel,
 
 // math: fastvae/_reference.py::elbo_loss_and_grads
 FV_KERNEL_F32_F64(elbo_bernoulli_loss_grads_kernel,
-                  (double* __restrict__ elbo, T* __restrict__ dlogits, T* __restrict__ dmu,
-                   T* __restrict__ dlogvar, const T* __restrict__ x, const T* __restrict__ logits,
+                  (double* __restrict__ elbo, unsigned long long* __restrict__ first_bad,
+                   T* __restrict__ dlogits, T* __restrict__ dmu, T* __restrict__ dlogvar,
+                   const T* __restrict__ x, const T* __restrict__ logits,
                    const T* __restrict__ mu, const T* __restrict__ logvar, double g, double beta,
                    int n_rows, int n_cols, int n_latent),
-                  (elbo, dlogits, dmu, dlogvar, x, logits, mu, logvar, g, beta, n_rows, n_cols,
-                   n_latent)) {
-    // elbo (N,) double; dlogits (N, D); dmu, dlogvar (N, L); x, logits (N, D); mu, logvar (N, L)
+                  (elbo, first_bad, dlogits, dmu, dlogvar, x, logits, mu, logvar, g, beta, n_rows,
+                   n_cols, n_latent)) {
+    // elbo (N,) double; first_bad (1,): min flat index of an x outside [0, 1] or NaN (kept if
+    // none); dlogits (N, D); dmu, dlogvar (N, L); x, logits (N, D); mu, logvar (N, L)
     __shared__ double scratch[32];
     const T g_t = (T)g, dkl_n = (T)(-beta * g);
     for (int n = blockIdx.x; n < n_rows; n += gridDim.x) {
         const long long row = (long long)n * n_cols, zrow = (long long)n * n_latent;
+        int bad_col;
         const double ll = block_sum_all(
-            bernoulli_row_partial_and_backward(dlogits + row, g_t, x + row, logits + row, n_cols),
+            bernoulli_row_partial_and_backward(dlogits + row, g_t, x + row, logits + row, n_cols,
+                                               bad_col),
             scratch);
+        report_bad_x(first_bad, row, bad_col, n_cols);
         const double kl = 0.5 * block_sum_all(
             kl_row_partial_and_backward(dmu + zrow, dlogvar + zrow, dkl_n, mu + zrow, logvar + zrow,
                                         n_latent), scratch);
@@ -178,15 +195,36 @@ FV_KERNEL_F32_F64(elbo_gaussian_loss_grads_kernel,
     }
 }
 
-// loss[0] = -(sum_n elbo_n) / N, one block, a fixed summation order (deterministic). float64
-// only: the per-row ELBOs of both dtypes are float64, as on the CPU.
+// -(sum_n elbo_n) / N, one block, a fixed summation order (deterministic). float64 only: the
+// per-row ELBOs of both dtypes are float64, as on the CPU.
 // math: fastvae/_reference.py::elbo_loss_and_grads
+__device__ __forceinline__ double elbo_mean_loss(const double* __restrict__ elbo, int n_rows,
+                                                 double* scratch) {
+    double acc = 0.0;
+    for (int n = threadIdx.x; n < n_rows; n += blockDim.x) acc += elbo[n];
+    acc = block_sum_all(acc, scratch);
+    return -acc / (double)n_rows;
+}
+
+// loss[0] = elbo_mean_loss (the Gaussian fused pass)
 extern "C" __global__ void elbo_loss_kernel(double* __restrict__ loss,
                                             const double* __restrict__ elbo, int n_rows) {
     // loss (1,) double; elbo (N,) double
     __shared__ double scratch[32];
-    double acc = 0.0;
-    for (int n = threadIdx.x; n < n_rows; n += blockDim.x) acc += elbo[n];
-    acc = block_sum_all(acc, scratch);
-    if (threadIdx.x == 0) loss[0] = -acc / (double)n_rows;
+    const double mean_loss = elbo_mean_loss(elbo, n_rows, scratch);
+    if (threadIdx.x == 0) loss[0] = mean_loss;
+}
+
+// out[0] = elbo_mean_loss, out[1] = the fused Bernoulli pass's first_bad as a double (exact:
+// indices < 2^53), or -1 if it kept its ~0ull: the launcher reads both in its one transfer.
+extern "C" __global__ void elbo_loss_checked_kernel(
+        double* __restrict__ out, const double* __restrict__ elbo,
+        const unsigned long long* __restrict__ first_bad, int n_rows) {
+    // out (2,) double; elbo (N,) double; first_bad (1,)
+    __shared__ double scratch[32];
+    const double mean_loss = elbo_mean_loss(elbo, n_rows, scratch);
+    if (threadIdx.x == 0) {
+        out[0] = mean_loss;
+        out[1] = first_bad[0] == ~0ull ? -1.0 : (double)first_bad[0];
+    }
 }

@@ -25,9 +25,13 @@
 // Reads eps with stride L (one 32 B sector per lane, shared through L2 by the L warps of a row);
 // eps is 1/40 of dec_out at L = 20, D = 784.
 //
+// Bernoulli x check (kernels/loglik.cuh): each lane keeps its first x outside [0, 1] or NaN and
+// report_bad_x keeps the smallest flat index in first_bad (1,), for the launcher's ValueError.
+//
 // Numerics: per-lane sums over d in T, then double across lanes (the butterfly); latent terms, sums
 // over k and the ddec_logvar partials in double, as the CPU kernels.
 #include "common.cuh"
+#include "loglik.cuh"   // the Bernoulli data check: fv_outside_unit, report_bad_x
 
 // math: fastvae/_reference.py::bernoulli_loglik_forward (one term: x l - softplus(l))
 template <typename T> __device__ __forceinline__ T bernoulli_term(T x, T l) {
@@ -42,14 +46,17 @@ template <typename T> __device__ __forceinline__ T gaussian_term(T x, T m, T iv)
 
 // math: fastvae/_reference.py::log_weight_forward
 FV_KERNEL_F32_F64(log_weight_forward_kernel,
-                  (T* __restrict__ logw, const T* __restrict__ x, const T* __restrict__ dec_out,
+                  (T* __restrict__ logw, unsigned long long* __restrict__ first_bad,
+                   const T* __restrict__ x, const T* __restrict__ dec_out,
                    const T* __restrict__ mu, const T* __restrict__ logvar,
                    const double* __restrict__ sigma, const T* __restrict__ eps,
                    const T* __restrict__ inv_var, const double* __restrict__ gauss_const,
                    int gaussian, long long n, long long k, long long d, long long l),
-                  (logw, x, dec_out, mu, logvar, sigma, eps, inv_var, gauss_const, gaussian, n, k,
-                   d, l)) {
-    // logw (N, K); x (N, D); dec_out (N, K, D); mu, logvar (N, L); sigma (N, L) double;
+                  (logw, first_bad, x, dec_out, mu, logvar, sigma, eps, inv_var, gauss_const,
+                   gaussian, n, k, d, l)) {
+    // logw (N, K); first_bad (1,) (Bernoulli: min flat index i D + j of an x outside [0, 1] or
+    // NaN, kept if none; x[i] is checked by each of its K pairs' warps; unused for Gaussian);
+    // x (N, D); dec_out (N, K, D); mu, logvar (N, L); sigma (N, L) double;
     // eps (N, K, L); inv_var (D,) (Gaussian; unused for Bernoulli); gauss_const (1,) double
     const int lane = threadIdx.x & 31;
     const long long warps = (long long)gridDim.x * (blockDim.x >> 5);
@@ -63,8 +70,13 @@ FV_KERNEL_F32_F64(log_weight_forward_kernel,
             for (long long j = lane; j < d; j += FV_WARP)
                 block += gaussian_term(x_row[j], l_row[j], inv_var[j]);
         } else {
-            for (long long j = lane; j < d; j += FV_WARP)
-                block += bernoulli_term(x_row[j], l_row[j]);
+            long long bad_col = d;
+            for (long long j = lane; j < d; j += FV_WARP) {
+                const T xv = x_row[j];
+                block += bernoulli_term(xv, l_row[j]);
+                if (fv_outside_unit(xv) && bad_col == d) bad_col = j;
+            }
+            report_bad_x(first_bad, i * d, bad_col, d);
         }
         double acc = 0.0;                   // sum_l z^2 - logvar - eps^2, double
         for (long long t = lane; t < l; t += FV_WARP) {

@@ -134,6 +134,7 @@ def test_fused_serial_kernel_and_pool_tiles_agree(likelihood):
         for on_pool in (False, True):
             out = [np.empty(67), np.empty_like(dec_out), np.empty_like(mu), np.empty_like(logvar)]
             if likelihood == "bernoulli":
+                out.insert(1, np.empty(67, dtype=np.bool_))   # bad-x flags, compared too
                 args = (*out, x, dec_out, mu, logvar, -1.0 / 67, 0.5)
                 kernel, tiles = (elbo.elbo_bernoulli_loss_grads_kernel,
                                  elbo.elbo_bernoulli_loss_grads_tiles)

@@ -420,3 +420,87 @@ def test_distributed_check_on_a_cluster_and_with_out(model, tmp_path):
         with pytest.raises(ValueError, match="row 31, column 2"):
             fd.log_likelihood(model, x, K=4, client=client, chunk_rows=8,
                               out=tmp_path / "ll.npy")
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 13: the Bernoulli x of fastvae.ops' ELBO and log-weight ops is checked in the fused pass
+# (fastvae/cpu/elbo.py::refuse_bad_x, fastvae/cuda/elbo.py's twin; tests/gpu/test_x_range_gpu.py
+# runs the same cases on the device)
+X_OPS = ("elbo_forward", "elbo_loss_and_grads", "log_weight_forward")
+X_N, X_D, X_L, X_K = 67, 129, 5, 3   # 67 rows: three 32-row tiles on the CPU, several blocks
+
+
+def x_range_inputs(dtype):
+    """x (N, D) in [0, 1] with exact 0s, 1s and -0.0s; logits (N, D); mu, logvar (N, L);
+    dec_out (N, K, D); eps (N, K, L)."""
+    rng = np.random.default_rng(13)
+    x = rng.random((X_N, X_D))
+    x[:, :9] = np.round(x[:, :9])
+    x[3], x[4], x[5, ::2] = 0.0, 1.0, -0.0
+    return tuple(a.astype(dtype) for a in (
+        x, 3 * rng.standard_normal((X_N, X_D)), rng.standard_normal((X_N, X_L)),
+        rng.standard_normal((X_N, X_L)), 3 * rng.standard_normal((X_N, X_K, X_D)),
+        rng.standard_normal((X_N, X_K, X_L))))
+
+
+def run_x_op(op, x, arrays, put=lambda a: a, **kw):
+    """op of fastvae.ops on x and the other x_range_inputs (moved by ``put``) -> a result array
+    or the loss."""
+    from fastvae import ops
+    _, logits, mu, logvar, dec_out, eps = arrays
+    x, logits, mu, logvar, dec_out, eps = map(put, (x, logits, mu, logvar, dec_out, eps))
+    if op == "log_weight_forward":
+        return ops.log_weight_forward(x, dec_out, mu, logvar, eps, **kw)[0]
+    if op == "elbo_forward":
+        return ops.elbo_forward(x, logits, mu, logvar, **kw)[0]
+    return ops.elbo_loss_and_grads(x, logits, mu, logvar, **kw)[0]
+
+
+# (row, column, value): the last row and column, a middle row in the second CPU tile, column 0
+X_BAD = [(66, 128, -1e-3), (40, 0, 1 + 1e-3), (33, 77, np.nan), (0, 5, -1.0), (31, 64, 2.0)]
+
+
+def check_x_refused(op, dtype, row, col, value, put=lambda a: a):
+    arrays = x_range_inputs(dtype)
+    x = arrays[0].copy()
+    if row + 1 < X_N:   # later bad values: the first (row-major) is named
+        x[row + 1, X_D - 1] = 5.0
+    if col + 1 < X_D:
+        x[row, col + 1] = -7.0
+    x[row, col] = value
+    shown = str(dtype(value)) if value == value else "nan"
+    with pytest.raises(ValueError) as err:
+        run_x_op(op, x, arrays, put)
+    message = str(err.value)
+    assert message.startswith(f"{op}: x has {shown} at row {row}, column {col}, "), message
+    assert ("not a number" if value != value else "outside [0, 1]") in message
+    assert ("x must be the data in [0, 1] and dec_out the decoder's logits; did you swap them? "
+            "(torch's F.binary_cross_entropy takes (recon, x))") in message
+
+
+@pytest.mark.parametrize("row, col, value", X_BAD)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("op", X_OPS)
+def test_bernoulli_x_outside_unit_interval_is_refused(op, dtype, row, col, value):
+    check_x_refused(op, dtype, row, col, value)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("op", X_OPS)
+def test_bernoulli_x_exactly_zero_and_one_is_accepted(op, dtype):
+    """Exact 0, 1 and -0.0 (x_range_inputs) pass, and the swapped call is what is refused."""
+    arrays = x_range_inputs(dtype)
+    out = run_x_op(op, arrays[0], arrays)
+    assert np.all(np.isfinite(out))
+    swapped = (arrays[1],) + arrays[1:]   # x = the logits: refused
+    with pytest.raises(ValueError, match="did you swap them"):
+        run_x_op(op, swapped[0], swapped)
+
+
+@pytest.mark.parametrize("op", X_OPS)
+def test_gaussian_x_is_not_range_checked(op):
+    arrays = x_range_inputs(np.float64)
+    x = arrays[0] * 40 - 20
+    x[7, 3] = -1e3
+    out = run_x_op(op, x, arrays, likelihood="gaussian", dec_logvar=np.zeros(X_D))
+    assert np.all(np.isfinite(out))

@@ -90,7 +90,9 @@ def _serial_kernels(dtype, rng):
     n, d, l = 9, 11, 3
     x, out, mu, logvar = (rng.random(s).astype(dtype) for s in ((n, d), (n, d), (n, l), (n, l)))
     grads = [np.empty(n), np.empty_like(out), np.empty_like(mu), np.empty_like(logvar)]
-    elbo.elbo_bernoulli_loss_grads_kernel(*grads, x, out, mu, logvar, -1.0 / n, 0.5)
+    bad = np.empty(n, dtype=np.bool_)   # the kernel's per-row bad-x flags
+    elbo.elbo_bernoulli_loss_grads_kernel(grads[0], bad, *grads[1:], x, out, mu, logvar,
+                                          -1.0 / n, 0.5)
     dec_logvar = rng.random(d).astype(dtype)
     grads.insert(2, np.zeros((loglik.row_blocks(n), d)))
     elbo.elbo_gaussian_loss_grads_kernel(*grads, x, out, mu, logvar, dec_logvar,

@@ -22,10 +22,14 @@ times on an idle machine (prange speed-ups in ``_parallel``'s docstring).
 
 Numerics as in loglik.py / kl.py: float64 elements and row sums for every input dtype, results
 rounded once to the input dtype; the loss is summed in float64 and returned as a Python float.
+
+Bernoulli x is checked in the loop that reads it (``refuse_bad_x``): outside [0, 1] or NaN raises
+ValueError naming the row and column; about 3-8% of the fused pass (at elbo_loss_and_grads).
 """
 import numpy as np
 from numba import prange
 
+from fastvae._compose import bad_x_message
 from fastvae._reference import LIKELIHOODS, LOG_2PI
 from fastvae._threads import run_tiles
 from fastvae.cpu._atomic import fetch_add
@@ -33,8 +37,9 @@ from fastvae.cpu._numba import jit, jit_twins
 from fastvae.cpu.kl import KL_PARALLEL_MIN_ELEMENTS, kl_backward, kl_row, kl_row_and_backward
 from fastvae.cpu.loglik import (
     BERNOULLI_PARALLEL_MIN_ELEMENTS, GAUSSIAN_PARALLEL_MIN_ELEMENTS,
-    bernoulli_loglik_and_backward_row, bernoulli_loglik_backward, bernoulli_loglik_row,
-    gaussian_inv_var, gaussian_loglik_backward, gaussian_loglik_row, row_blocks)
+    bernoulli_loglik_and_backward_row_checked, bernoulli_loglik_backward,
+    bernoulli_loglik_row_checked, gaussian_inv_var, gaussian_loglik_backward, gaussian_loglik_row,
+    row_blocks)
 
 
 def _parallel(likelihood, x, mu):
@@ -48,14 +53,34 @@ def _parallel(likelihood, x, mu):
     return x.size >= min_elements or mu.size >= KL_PARALLEL_MIN_ELEMENTS
 
 
+# The Bernoulli likelihood's data check. Every kernel that reads x for it (the ELBO forward and
+# fused pass here, log_weight_forward in iwae.py) also flags, in that loop, each row holding an
+# x outside [0, 1] or NaN (loglik.x_outside_unit); the launcher raises naming the first one. NaN
+# x is refused too: a NaN datum is bad input, not a value to propagate (NaN in dec_out, mu,
+# logvar still propagates). The message: fastvae/_compose.py::bad_x_message.
+# Cost: see the comment at elbo_loss_and_grads.
+def refuse_bad_x(op, x, bad):
+    """Raise ValueError naming the first (row, then column) x outside [0, 1] or NaN. x (N, D);
+    bad: the kernel's flags, (N,) per row or (N, K) per (row, sample). The error path alone
+    reads x again (one row)."""
+    if not bad.any():
+        return
+    row = int(np.argmax(bad.reshape(x.shape[0], -1).any(axis=1)))
+    x_row = x[row]
+    col = int(np.argmax(~((x_row >= 0) & (x_row <= 1))))   # NaN compares False: refused
+    raise ValueError(bad_x_message(op, row, col, x_row[col]))
+
+
 # ---------------------------------------------------------------------------------------------
 # forward
 # ---------------------------------------------------------------------------------------------
-def elbo_bernoulli_forward_kernel(elbo, x, logits, mu, logvar, beta):
-    # elbo (N,); x, logits (N, D); mu, logvar (N, L)
+def elbo_bernoulli_forward_kernel(elbo, bad, x, logits, mu, logvar, beta):
+    # elbo (N,); bad (N,) bool: row n has an x outside [0, 1] or NaN; x, logits (N, D);
+    # mu, logvar (N, L)
     # math: fastvae/_reference.py::elbo_forward
     for n in prange(x.shape[0]):
-        elbo[n] = bernoulli_loglik_row(x[n], logits[n]) - beta * kl_row(mu[n], logvar[n])
+        ll, bad[n] = bernoulli_loglik_row_checked(x[n], logits[n])
+        elbo[n] = ll - beta * kl_row(mu[n], logvar[n])
 
 
 elbo_bernoulli_forward_kernel, elbo_bernoulli_forward_kernel_parallel = jit_twins(
@@ -88,7 +113,9 @@ def elbo_forward(x, dec_out, mu, logvar, likelihood="bernoulli", dec_logvar=None
         inv_var = None
         kernel = (elbo_bernoulli_forward_kernel_parallel if parallel
                   else elbo_bernoulli_forward_kernel)
-        kernel(elbo, x, dec_out, mu, logvar, beta)
+        bad = np.empty(x.shape[0], dtype=np.bool_)
+        kernel(elbo, bad, x, dec_out, mu, logvar, beta)
+        refuse_bad_x("elbo_forward", x, bad)
     else:
         inv_var = gaussian_inv_var(dec_logvar)
         kernel = (elbo_gaussian_forward_kernel_parallel if parallel
@@ -118,19 +145,22 @@ def elbo_backward(delbo, cache):
 def elbo_bernoulli_grads_row(dlogit_row, dmu_row, dlogvar_row, x_row, logit_row, mu_row,
                              logvar_row, g, beta):
     """One row of the fused Bernoulli ELBO with upstream ``g``: writes the three gradient rows
-    (overwrites) and returns ``elbo_n`` (float64)."""
+    (overwrites) and returns ``elbo_n`` (float64) and whether the row has an x outside [0, 1]
+    or NaN (checked in the loop that reads x)."""
     # math: fastvae/_reference.py::elbo_loss_and_grads
-    ll = bernoulli_loglik_and_backward_row(dlogit_row, g, x_row, logit_row)
-    return ll - beta * kl_row_and_backward(dmu_row, dlogvar_row, -beta * g, mu_row, logvar_row)
+    ll, bad = bernoulli_loglik_and_backward_row_checked(dlogit_row, g, x_row, logit_row)
+    kl = kl_row_and_backward(dmu_row, dlogvar_row, -beta * g, mu_row, logvar_row)
+    return ll - beta * kl, bad
 
 
 @jit
-def elbo_bernoulli_loss_grads_kernel(elbo, dlogits, dmu, dlogvar, x, logits, mu, logvar, g,
+def elbo_bernoulli_loss_grads_kernel(elbo, bad, dlogits, dmu, dlogvar, x, logits, mu, logvar, g,
                                      beta):
-    # elbo (N,) float64; dlogits (N, D); dmu, dlogvar (N, L); x, logits (N, D); mu, logvar (N, L)
+    # elbo (N,) float64; bad (N,) bool (row n: an x outside [0, 1] or NaN); dlogits (N, D);
+    # dmu, dlogvar (N, L); x, logits (N, D); mu, logvar (N, L)
     for n in range(x.shape[0]):
-        elbo[n] = elbo_bernoulli_grads_row(dlogits[n], dmu[n], dlogvar[n], x[n], logits[n],
-                                           mu[n], logvar[n], g, beta)
+        elbo[n], bad[n] = elbo_bernoulli_grads_row(dlogits[n], dmu[n], dlogvar[n], x[n],
+                                                   logits[n], mu[n], logvar[n], g, beta)
 
 
 @jit
@@ -172,8 +202,8 @@ ROW_TILE = 32
 
 
 @jit
-def elbo_bernoulli_loss_grads_tiles(counter, n_tiles, elbo, dlogits, dmu, dlogvar, x, logits, mu,
-                                    logvar, g, beta, tile_rows):
+def elbo_bernoulli_loss_grads_tiles(counter, n_tiles, elbo, bad, dlogits, dmu, dlogvar, x,
+                                    logits, mu, logvar, g, beta, tile_rows):
     # as elbo_bernoulli_loss_grads_kernel, tile t = rows t * tile_rows ..
     last = False
     while True:
@@ -181,8 +211,8 @@ def elbo_bernoulli_loss_grads_tiles(counter, n_tiles, elbo, dlogits, dmu, dlogva
         if t >= n_tiles:
             return last
         for n in range(t * tile_rows, min(x.shape[0], (t + 1) * tile_rows)):
-            elbo[n] = elbo_bernoulli_grads_row(dlogits[n], dmu[n], dlogvar[n], x[n], logits[n],
-                                               mu[n], logvar[n], g, beta)
+            elbo[n], bad[n] = elbo_bernoulli_grads_row(dlogits[n], dmu[n], dlogvar[n], x[n],
+                                                       logits[n], mu[n], logvar[n], g, beta)
         last = fetch_add(counter, 1, 1) == n_tiles - 1
 
 
@@ -217,8 +247,14 @@ def elbo_loss_and_grads(x, dec_out, mu, logvar, likelihood="bernoulli", dec_logv
     elbo = np.empty(n)   # float64: the loss is summed in float64
     ddec_out, dmu, dlogvar = np.empty_like(dec_out), np.empty_like(mu), np.empty_like(logvar)
     if likelihood == "bernoulli":
-        run_tiles(-(-n // ROW_TILE), elbo_bernoulli_loss_grads_tiles, elbo, ddec_out, dmu,
+        # (N,): row n has an x outside [0, 1] or NaN. The check's cost, float32, 2 threads,
+        # medians of 31 interleaved repeats, with / without it (benchmarks/dev/x_check_cost.py,
+        # same bits; 2 shared cores, loaded): (128, 784, 20) 0.113 / 0.105 ms (1.08x), 0.182 /
+        # 0.175 ms (1.04x); (4096, 784, 20) 2.42 / 2.31 ms (1.05x), 4.23 / 4.09 ms (1.03x).
+        bad = np.empty(n, dtype=np.bool_)
+        run_tiles(-(-n // ROW_TILE), elbo_bernoulli_loss_grads_tiles, elbo, bad, ddec_out, dmu,
                   dlogvar, x, dec_out, mu, logvar, g, beta, ROW_TILE)
+        refuse_bad_x("elbo_loss_and_grads", x, bad)
         return -float(elbo.sum()) / n, (ddec_out, dmu, dlogvar)
     partial = np.zeros((row_blocks(n), x.shape[1]))
     run_tiles(partial.shape[0], elbo_gaussian_loss_grads_tiles, elbo, ddec_out, partial, dmu,

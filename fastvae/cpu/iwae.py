@@ -11,6 +11,9 @@ per row n: ddec_out for every k, then dmu, dlogvar summed over k; for the Gaussi
 summed over all (n, k) in float64 per block of rows (blocks depend on N only, so the serial and the
 parallel kernels give identical results), the blocks added afterwards: no races, no atomics.
 
+Bernoulli x is checked in the forward's loop over x (flags per (n, k) pair; fastvae/cpu/elbo.py's
+refuse_bad_x raises ValueError naming the first x outside [0, 1] or NaN).
+
 Numerics. Elementwise math runs in the input dtype with the vectorizable polynomials
 ``fast_exp`` and ``log1p_unit`` of fastvae/cpu/_math.py (float32: 8 AVX2 lanes; loglik.py's
 softplus and sigmoid run in float64 whatever the dtype); sums over d of float32 inputs are float32
@@ -25,6 +28,8 @@ from fastvae import _compose
 from fastvae.cpu import logsumexp
 from fastvae.cpu._math import fast_exp, log1p_unit
 from fastvae.cpu._numba import jit, jit_twins
+from fastvae.cpu.elbo import refuse_bad_x
+from fastvae.cpu.loglik import x_outside_unit
 from fastvae.cpu.logsumexp import SUM_BLOCK
 
 # prange from N*K*D >= these on (and >= 2 pairs / row blocks). 2 threads vs 1, float32
@@ -71,16 +76,19 @@ def _bernoulli_term(x, l, zero):
 
 @jit
 def bernoulli_ll_row(x_row, l_row):
-    """``sum_d x_d l_d - softplus(l_d)`` (float64; dtype blocks of SUM_BLOCK, float64 across)."""
+    """``sum_d x_d l_d - softplus(l_d)`` (float64; dtype blocks of SUM_BLOCK, float64 across)
+    and, from the same loop, whether any x_d is outside [0, 1] or NaN -> (float64, bool)."""
     # math: fastvae/_reference.py::bernoulli_loglik_forward
-    zero = l_row.dtype.type(0)
+    zero, one = l_row.dtype.type(0), l_row.dtype.type(1)
     total = 0.0
+    bad = False
     for j0 in range(0, l_row.shape[0], SUM_BLOCK):
         block = zero
         for j in range(j0, min(j0 + SUM_BLOCK, l_row.shape[0])):
             block += _bernoulli_term(x_row[j], l_row[j], zero)
+            bad |= x_outside_unit(x_row[j], zero, one)
         total += block
-    return total
+    return total, bad
 
 
 @jit
@@ -116,11 +124,12 @@ def latent_row(mu_row, logvar_row, sigma_row, eps_row):
 
 @jit
 def _log_weight_pair(x, dec_out, mu, logvar, sigma, eps, inv_var, gauss_const, gaussian, i, j):
+    # -> (logw_ij float64, bad: Bernoulli x[i] has a value outside [0, 1] or NaN)
     if gaussian:
-        ll = gauss_const - 0.5 * gaussian_sq_row(x[i], dec_out[i, j], inv_var)
+        ll, bad = gauss_const - 0.5 * gaussian_sq_row(x[i], dec_out[i, j], inv_var), False
     else:
-        ll = bernoulli_ll_row(x[i], dec_out[i, j])
-    return ll + latent_row(mu[i], logvar[i], sigma[i], eps[i, j])
+        ll, bad = bernoulli_ll_row(x[i], dec_out[i, j])
+    return ll + latent_row(mu[i], logvar[i], sigma[i], eps[i, j]), bad
 
 
 @jit
@@ -173,14 +182,16 @@ def _log_weight_backward_rows(ddec_out, dmu, dlogvar, dlv_acc, dlogw, x, dec_out
 # ---------------------------------------------------------------------------------------------
 # kernels
 # ---------------------------------------------------------------------------------------------
-def log_weight_forward_kernel(logw, x, dec_out, mu, logvar, sigma, eps, inv_var, gauss_const,
-                              gaussian, n, k):
-    # logw (N, K); x (N, D); dec_out (N, K, D); mu, logvar (N, L); sigma (N, L) float64;
-    # eps (N, K, L); inv_var (D,) (Gaussian; empty for Bernoulli); gauss_const float64
+def log_weight_forward_kernel(logw, bad, x, dec_out, mu, logvar, sigma, eps, inv_var,
+                              gauss_const, gaussian, n, k):
+    # logw (N, K); bad (N, K) bool: pair (n, k) saw an x[n] outside [0, 1] or NaN (Bernoulli;
+    # x[n] is read once per k, each time checked); x (N, D); dec_out (N, K, D); mu, logvar (N, L);
+    # sigma (N, L) float64; eps (N, K, L); inv_var (D,) (Gaussian; empty for Bernoulli);
+    # gauss_const float64
     for p in prange(n * k):   # the (n, k) pairs
         i, j = p // k, p % k
-        logw[i, j] = _log_weight_pair(x, dec_out, mu, logvar, sigma, eps, inv_var, gauss_const,
-                                      gaussian, i, j)
+        logw[i, j], bad[i, j] = _log_weight_pair(x, dec_out, mu, logvar, sigma, eps, inv_var,
+                                                 gauss_const, gaussian, i, j)
 
 
 log_weight_forward_kernel, log_weight_forward_kernel_parallel = jit_twins(
@@ -227,9 +238,12 @@ def log_weight_forward(x, dec_out, mu, logvar, eps, likelihood="bernoulli", dec_
     else:
         inv_var, gauss_const = np.empty(0, dtype=x.dtype), 0.0
     logw = np.empty((n, k), dtype=x.dtype)
+    bad = np.empty((n, k), dtype=np.bool_)
     parallel = n * k > 1 and n * k * d >= _parallel_min(gaussian)
     kernel = log_weight_forward_kernel_parallel if parallel else log_weight_forward_kernel
-    kernel(logw, x, dec_out, mu, logvar, sigma, eps, inv_var, gauss_const, gaussian, n, k)
+    kernel(logw, bad, x, dec_out, mu, logvar, sigma, eps, inv_var, gauss_const, gaussian, n, k)
+    if not gaussian:
+        refuse_bad_x("log_weight_forward", x, bad)
     return logw, (x, dec_out, mu, sigma, eps, inv_var, gaussian)
 
 

@@ -19,7 +19,10 @@ rejected).
 Row functions for other Numba kernels (all ``@jit``; small ones get inlined by LLVM):
 ``bernoulli_loglik_row(x_row, logit_row)``, ``gaussian_loglik_row(x_row, mean_row, logvar,
 inv_var)`` (float64 sums), ``bernoulli_loglik_and_backward_row`` (forward and backward of a row
-in one pass).
+in one pass). The ``_checked`` variants (``bernoulli_loglik_row_checked``,
+``bernoulli_loglik_and_backward_row_checked``; the ELBO's) also return whether the row holds an
+x outside [0, 1] or NaN (``x_outside_unit``), from the same loop; the loglik op's own kernels do
+not check x.
 """
 import numpy as np
 from numba import prange, types
@@ -60,6 +63,30 @@ def bernoulli_loglik_row(x_row, logit_row):
 
 
 @jit
+def x_outside_unit(x, zero, one):
+    """True for an x outside [0, 1] or NaN (-0.0 is inside): the Bernoulli data check of the
+    fused ELBO and log-weight passes. zero, one: 0 and 1 in x's dtype (a float32 x compared with
+    float64 constants would be widened in the loop). Bitwise ``|`` (no branch), so the loops
+    stay vectorized; ``x != x`` is NaN (FASTMATH keeps NaN semantics: no ``nnan``)."""
+    return (x < zero) | (x > one) | (x != x)
+
+
+@jit
+def bernoulli_loglik_row_checked(x_row, logit_row):
+    """``bernoulli_loglik_row`` (the same arithmetic, the same bits) and, in the same loop,
+    whether any x_d is outside [0, 1] or NaN -> (float64, bool)."""
+    # math: fastvae/_reference.py::bernoulli_loglik_forward
+    acc = 0.0   # float64 accumulator, also for float32 rows
+    bad = False
+    for d in range(x_row.shape[0]):
+        l = np.float64(logit_row[d])
+        x = np.float64(x_row[d])
+        acc += x * l - softplus(l)
+        bad |= x_outside_unit(x, 0.0, 1.0)
+    return acc, bad
+
+
+@jit
 def bernoulli_loglik_backward_row(dlogit_row, dll_n, x_row, logit_row):
     """``dlogit_row[d] = dll_n (x_d - sigmoid(l_d))`` (overwrites dlogit_row)."""
     # math: fastvae/_reference.py::bernoulli_loglik_backward
@@ -67,15 +94,24 @@ def bernoulli_loglik_backward_row(dlogit_row, dll_n, x_row, logit_row):
         dlogit_row[d] = dll_n * (np.float64(x_row[d]) - sigmoid(np.float64(logit_row[d])))
 
 
-def bernoulli_loglik_and_backward_row(dlogit_row, dll_n, x_row, logit_row):
+def bernoulli_loglik_and_backward_row_checked(dlogit_row, dll_n, x_row, logit_row):
     """Forward and backward of one row in one pass, sharing one exp per element: writes
     ``dlogit_row[d] = dll_n (x_d - sigmoid(l_d))`` (overwrites) and returns the row's
-    log-likelihood (float64). dll_n must not depend on the result (e.g. a constant -1/N).
-    Numba-only: float32 rows run ``_bernoulli_row_grads_f32``, float64 rows ``_f64``."""
+    log-likelihood (float64) and, from the same loop, whether any x_d is outside [0, 1] or NaN
+    (``x_outside_unit``): -> (float64, bool). dll_n must not depend on the result (e.g. a
+    constant -1/N). Numba-only: float32 rows run ``_bernoulli_row_grads_f32``, float64 rows
+    ``_f64``."""
     raise NotImplementedError("only callable from Numba-compiled code")
 
 
-@overload(bernoulli_loglik_and_backward_row, jit_options={"fastmath": set(FASTMATH)})
+@jit
+def bernoulli_loglik_and_backward_row(dlogit_row, dll_n, x_row, logit_row):
+    """``bernoulli_loglik_and_backward_row_checked`` without the check: the row's
+    log-likelihood (float64) only."""
+    return bernoulli_loglik_and_backward_row_checked(dlogit_row, dll_n, x_row, logit_row)[0]
+
+
+@overload(bernoulli_loglik_and_backward_row_checked, jit_options={"fastmath": set(FASTMATH)})
 def _bernoulli_row_grads_by_dtype(dlogit_row, dll_n, x_row, logit_row):
     if logit_row.dtype == types.float32:
         return lambda dlogit_row, dll_n, x_row, logit_row: _bernoulli_row_grads_f32(
@@ -90,13 +126,15 @@ def _bernoulli_row_grads_f64(dlogit_row, dll_n, x_row, logit_row):
     # Its own function on purpose: written inline in the fused ELBO row function, next to the
     # KL loop, this loop was left scalar by LLVM (32 ns/element instead of 11, 128x784 float32).
     acc = 0.0   # float64 accumulator
+    bad = False
     for d in range(x_row.shape[0]):
         x = np.float64(x_row[d])
         l = np.float64(logit_row[d])
         e = exp_nonpositive(-abs(l))
         acc += x * l - ((l if l > 0.0 else 0.0) + log1p_unit_f64(e))
         dlogit_row[d] = dll_n * (x - (1.0 if l >= 0.0 else e) / (1.0 + e))
-    return acc
+        bad |= x_outside_unit(x, 0.0, 1.0)
+    return acc, bad
 
 
 @jit
@@ -113,13 +151,15 @@ def _bernoulli_row_grads_f32(dlogit_row, dll_n, x_row, logit_row):
     acc = np.float32(0.0)
     g = np.float32(dll_n)
     zero, one = np.float32(0.0), np.float32(1.0)
+    bad = False
     for d in range(x_row.shape[0]):
         x = x_row[d]
         l = logit_row[d]
         e = exp_f32(-abs(l))
         acc += x * l - ((l if l > zero else zero) + log1p_unit_f32(e))
         dlogit_row[d] = g * (x - (one if l >= zero else e) / (one + e))
-    return np.float64(acc)
+        bad |= x_outside_unit(x, zero, one)
+    return np.float64(acc), bad
 
 
 def bernoulli_loglik_forward_kernel(ll, x, logits):

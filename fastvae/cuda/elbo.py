@@ -8,8 +8,9 @@ loglik.py) from it, as on the CPU.
 
 ``elbo_loss_and_grads`` launches one fused kernel (one block per row for Bernoulli; row blocks for
 Gaussian, whose ``ddec_logvar`` is a sum over rows: per-block float64 partials, then
-loglik.gaussian_dlogvar_reduce, no atomics), then ``elbo_loss_kernel`` sums the float64 per-row
-ELBOs in one block into a 0-d device array. Its ``float()`` at the very end is the ONLY host
+loglik.gaussian_dlogvar_reduce, no atomics), then ``elbo_loss_kernel`` (Gaussian) or
+``elbo_loss_checked_kernel`` (Bernoulli: with the first bad x, see refuse_bad_x) sums the float64
+per-row ELBOs in one block on the device. Its copy to the host at the very end is the ONLY host
 round trip (the CPU API returns the loss as a Python float); every gradient stays on the device.
 
 Numerics as on the CPU: row sums and the loss accumulate in double for every input dtype; results
@@ -17,6 +18,8 @@ are rounded once to the input dtype.
 """
 import numpy as np
 
+from fastvae._device import to_host
+from fastvae._compose import bad_x_message
 from fastvae._reference import LIKELIHOODS
 from fastvae.cuda import _module
 from fastvae.cuda import kl as _kl
@@ -55,6 +58,29 @@ def _row_grid(n_rows):
     return min(max(1, n_rows), MAX_BLOCKS)
 
 
+# The Bernoulli likelihood's data check, as on the CPU (fastvae/cpu/elbo.py::refuse_bad_x): the
+# kernels that read x for it (the ELBO forward and fused pass here, log_weight_forward in iwae.py)
+# also record, in that loop, the smallest flat index n D + d of an x outside [0, 1] or NaN in a
+# (1,) uint64 device array (kernels/loglik.cuh::report_bad_x; an atomicMin only for a bad x);
+# the launcher reads it back and raises ValueError naming x[n, d]. elbo_forward and
+# log_weight_forward pay one 8-byte device-to-host copy (a synchronization) for it; the fused
+# pass reads it with its loss, in its one transfer.
+NO_BAD_X = np.iinfo(np.uint64).max   # first_bad's fill: no bad x seen
+def first_bad_buffer(xp):
+    """The kernels' (1,) uint64 first_bad, filled with NO_BAD_X."""
+    return xp.full(1, np.uint64(NO_BAD_X), dtype=np.uint64)
+
+
+def refuse_bad_x(op, x, flat):
+    """Raise ValueError naming x's flat element ``flat`` (a Python int: the kernel's first_bad;
+    NO_BAD_X or a negative number: none)."""
+    if flat < 0 or flat == NO_BAD_X:
+        return
+    row, col = divmod(flat, x.shape[1])
+    value = to_host(x[row:row + 1, col])[0]   # the error path's one extra read of x
+    raise ValueError(bad_x_message(op, row, col, value))
+
+
 # ---------------------------------------------------------------------------------------------
 # forward
 # ---------------------------------------------------------------------------------------------
@@ -73,8 +99,10 @@ def elbo_forward(x, dec_out, mu, logvar, likelihood="bernoulli", dec_logvar=None
     if likelihood == "bernoulli":
         inv_var = None
         if n_rows:
+            first_bad = first_bad_buffer(array_module(x))
             kernel("elbo", f"elbo_bernoulli_forward_kernel_{suffix}")(
-                grid, block, (elbo, x, dec_out, mu, logvar, np.float64(beta), *sizes))
+                grid, block, (elbo, first_bad, x, dec_out, mu, logvar, np.float64(beta), *sizes))
+            refuse_bad_x("elbo_forward", x, int(to_host(first_bad)[0]))
     else:
         inv_var = gaussian_inv_var(dec_logvar)
         if n_rows:
@@ -119,8 +147,9 @@ def elbo_loss_and_grads(x, dec_out, mu, logvar, likelihood="bernoulli", dec_logv
     -> (loss, (ddec_out, dmu, dlogvar)) for Bernoulli,
        (loss, (ddec_out, dmu, dlogvar, ddec_logvar)) for Gaussian.
 
-    The loss is computed on the device and converted with ``float()`` at the very end: the one
-    host synchronization of the call (the CPU API returns a Python float).
+    The loss is computed on the device and copied to the host at the very end: the one host
+    synchronization of the call (the CPU API returns a Python float). For Bernoulli, the kernel's
+    first bad x (refuse_bad_x) comes back in the same copy.
     """
     suffix = _check("elbo_loss_and_grads", x, dec_out, mu, logvar, likelihood, dec_logvar)
     xp = array_module(x)
@@ -131,11 +160,17 @@ def elbo_loss_and_grads(x, dec_out, mu, logvar, likelihood="bernoulli", dec_logv
     ddec_out, dmu, dlogvar = xp.empty_like(dec_out), xp.empty_like(mu), xp.empty_like(logvar)
     sizes = (np.int32(n_rows), np.int32(n_cols), np.int32(n_latent))
     if likelihood == "bernoulli":
+        first_bad = first_bad_buffer(xp)
         kernel("elbo", f"elbo_bernoulli_loss_grads_kernel_{suffix}")(
             (_row_grid(n_rows),), (THREADS_PER_BLOCK,),
-            (elbo, ddec_out, dmu, dlogvar, x, dec_out, mu, logvar, np.float64(g), np.float64(beta),
-             *sizes))
-        return float(elbo_loss_device(elbo)), (ddec_out, dmu, dlogvar)
+            (elbo, first_bad, ddec_out, dmu, dlogvar, x, dec_out, mu, logvar, np.float64(g),
+             np.float64(beta), *sizes))
+        loss_and_bad = xp.empty(2, dtype=np.float64)   # [loss, first bad x's index or -1]
+        kernel("elbo", "elbo_loss_checked_kernel")(
+            (1,), (THREADS_PER_BLOCK,), (loss_and_bad, elbo, first_bad, np.int32(n_rows)))
+        loss, bad = to_host(loss_and_bad)
+        refuse_bad_x("elbo_loss_and_grads", x, int(bad))
+        return float(loss), (ddec_out, dmu, dlogvar)
     n_blocks = row_blocks(n_rows)
     partial = xp.empty((n_blocks, n_cols), dtype=np.float64)   # all written (n_blocks <= N)
     kernel("elbo", f"elbo_gaussian_loss_grads_kernel_{suffix}")(

@@ -17,7 +17,9 @@ import numpy as np
 from fastvae._reference import LIKELIHOODS, LOG_2PI
 from fastvae import _compose
 from fastvae.cuda import logsumexp
+from fastvae._device import to_host
 from fastvae.cuda._module import array_module, cdiv, dtype_suffix, kernel
+from fastvae.cuda.elbo import first_bad_buffer, refuse_bad_x
 
 # 256 threads = 8 warps per block: 8 (n, k) pairs (forward) or 8 (n, l) entries (backward latent)
 # per block, or the columns of one block of pairs (backward ddec_out). Not yet measured on a GPU.
@@ -74,11 +76,15 @@ def log_weight_forward(x, dec_out, mu, logvar, eps, likelihood="bernoulli", dec_
     else:
         inv_var, gauss_const = xp.empty(0, dtype=x.dtype), xp.zeros(1)
     logw = xp.empty((n, k), dtype=x.dtype)
+    # (1,) uint64: the first bad x (fastvae/cuda/elbo.py::refuse_bad_x); not read for Gaussian
+    first_bad = xp.empty(1, dtype=np.uint64) if gaussian else first_bad_buffer(xp)
     if n * k:
         kernel("iwae", f"log_weight_forward_kernel_{suffix}")(
             (_warp_blocks(n * k),), (THREADS_PER_BLOCK,),
-            (logw, x, dec_out, mu, logvar, sigma, eps, inv_var, gauss_const, np.int32(gaussian),
-             np.int64(n), np.int64(k), np.int64(d), np.int64(n_l)))
+            (logw, first_bad, x, dec_out, mu, logvar, sigma, eps, inv_var, gauss_const,
+             np.int32(gaussian), np.int64(n), np.int64(k), np.int64(d), np.int64(n_l)))
+        if not gaussian:
+            refuse_bad_x("log_weight_forward", x, int(to_host(first_bad)[0]))
     return logw, (x, dec_out, mu, sigma, eps, inv_var, gaussian)
 
 

@@ -79,7 +79,8 @@ def test_elbo_extremes_and_nonfinite(host_cuda, likelihood):
         dec_logvar[::3], dec_logvar[1::3] = 30.0, -30.0
     logvar[:, 0], logvar[:, 1] = 30.0, -30.0
     _check_both(likelihood, x, dec_out, mu, logvar, dec_logvar, delbo, f"{likelihood} extreme")
-    x[1, 3] = np.nan
+    if likelihood == "gaussian":   # a Bernoulli NaN x is refused (test_bernoulli_x_is_checked)
+        x[1, 3] = np.nan
     dec_out[4, 44] = np.nan
     mu[6, 2] = np.inf
     logvar[7, 5] = np.nan
@@ -111,6 +112,36 @@ def test_cache_loss_type_and_determinism(host_cuda, likelihood):
     assert loss2 == loss
     for g, g2 in zip(grads, grads2):
         np.testing.assert_array_equal(g, g2)
+
+
+@pytest.mark.parametrize("op", ["elbo_forward", "elbo_loss_and_grads", "log_weight_forward"])
+def test_bernoulli_x_is_checked(host_cuda, op):
+    """kernels/loglik.cuh's data check through the launchers: the first x outside [0, 1] or NaN
+    (row-major) is named; 0, 1 and -0.0 pass with the same numbers; Gaussian x is not checked."""
+    from fastvae.cuda import iwae
+    rng = np.random.default_rng(14)
+    n, d, l, k = 37, 45, 5, 3
+    x, dec_out, mu, logvar, _, _ = inputs(rng, "bernoulli", n, d, l)
+    x[0, 0], x[1, 1], x[2, 2], x[3, :] = 0.0, 1.0, -0.0, 1.0
+
+    def run(x):
+        if op == "log_weight_forward":
+            dec = np.repeat(dec_out[:, None], k, axis=1)
+            return iwae.log_weight_forward(x, dec, mu, logvar, rng.standard_normal((n, k, l)))[0]
+        out = getattr(elbo, op)(x, dec_out, mu, logvar)
+        return out[0]
+    run(x)
+    for bad, value in (((36, 44), -1e-3), ((17, 40), 1 + 1e-3), ((5, 0), np.nan)):
+        x_bad = x.copy()
+        for later in ((30, 2), (bad[0], d - 1)):   # later bad values: the first one is named
+            if later > bad:
+                x_bad[later] = 7.0
+        x_bad[bad] = value
+        with pytest.raises(ValueError, match=rf"{op}: x has .* at row {bad[0]}, column {bad[1]}, "
+                                             r".*dec_out the decoder's logits"):
+            run(x_bad)
+    if op != "log_weight_forward":
+        getattr(elbo, op)(3.0 * x, dec_out, mu, logvar, "gaussian", np.zeros(d))   # unchecked
 
 
 def test_checks():
