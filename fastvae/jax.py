@@ -1,4 +1,4 @@
-"""fastvae's fused ELBO and reparameterization as differentiable JAX functions.
+"""fastvae's fused ELBO, IWAE bound and reparameterization as differentiable JAX functions.
 
 ``jax.custom_vjp`` functions whose forward and backward run fastvae's kernels on the host through
 ``jax.pure_callback``, so they work eagerly and under ``jax.jit``, ``jax.grad`` and ``jax.vmap``
@@ -8,25 +8,40 @@ arrays on a GPU are copied to the host and back by the callback.
     import jax, jax.numpy as jnp
     import fastvae.jax as fvj
 
-    def loss_fn(params, x, step):                           # x (N, 784) in [0, 1]
+    def loss_fn(params, x, key):                            # x (N, 784) in [0, 1]
         mu, logvar = jnp.split(x @ params["enc"], 2, axis=1)      # (N, 20) each
-        z = fvj.reparameterize(mu, logvar, seed=0, offset=step * mu.size)
-        return fvj.elbo_loss(x, z @ params["dec"], mu, logvar)   # -mean_n ELBO_n, 0-d
+        z = fvj.reparameterize(mu, logvar, key=key)               # (N, 20), noise from key
+        return fvj.elbo_loss(x, z @ params["dec"], mu, logvar)   # dec_out: logits; 0-d
 
-    grads = jax.jit(jax.grad(loss_fn))(params, x, 0)        # step may be traced
+    step = jax.jit(jax.value_and_grad(loss_fn))
+    key = jax.random.key(0)
+    for x in batches:
+        key, subkey = jax.random.split(key)                 # a new subkey every step
+        loss, grads = step(params, x, subkey)
+        params = jax.tree.map(lambda p, g: p - 1e-3 * g, params, grads)
 
-- ``elbo_loss``: the forward runs ``fastvae.ops.elbo_loss_and_grads`` (one fused pass computes
-  the loss and all gradients, kept as residuals); the backward scales them by the cotangent.
-  Evaluated without differentiation it runs the forward kernel alone. ``likelihood`` is static;
-  ``beta`` may be traced (a KL warm-up schedule compiles once). Gradients are given for every
-  input: ``x`` (``-dec_out / N`` for Bernoulli, ``-ddec_out`` for Gaussian) and ``beta`` (the mean
-  KL) too; ``jit`` drops those that are unused.
-- ``reparameterize`` draws the noise in the kernel from fastvae's Philox stream
-  (``eps = fastvae.random.normal((N, L), seed, offset)``); the backward regenerates it, so the
-  noise is never stored. ``seed`` and ``offset`` may be traced integers: advance ``offset`` by
-  ``mu.size`` per step (or change the seed) for fresh noise.
-- dtypes: float64 if any input is float64 (needs ``jax_enable_x64``), else float32 (float16 and
-  bfloat16 are widened to float32).
+- ``elbo_loss``: ``-ELBO`` reduced by ``reduction`` ("mean", "sum" or "none": per row). For
+  "mean" and "sum" the forward runs ``fastvae.ops.elbo_loss_and_grads`` (one fused pass computes
+  the loss and all gradients, kept as residuals) and the backward scales them by the cotangent;
+  "none" runs ``ops.elbo_forward`` and, in the backward, ``elbo_forward`` again plus
+  ``elbo_backward`` with the per-row cotangent. Evaluated without differentiation only the
+  forward kernel runs. ``likelihood`` and ``reduction`` are static; ``beta`` may be traced (a KL
+  warm-up schedule compiles once). Gradients are given for every input, ``x`` and ``beta`` too;
+  ``jit`` drops those that are unused.
+- ``iwae_loss``: ``-(logsumexp_k log w_nk - log K)``, the negative importance-weighted bound, from
+  the decoder outputs of K samples ``z_nk = mu_n + exp(logvar_n / 2) eps_nk`` (the caller draws
+  eps and runs the decoder, so the gradient through z flows through ``dec_out`` in JAX).
+- ``reparameterize`` draws the noise in the kernel from fastvae's Philox stream; the backward
+  regenerates it, so the noise is never stored. Pass a ``key`` (split it every step, the JAX
+  way) or an explicit ``seed`` and ``offset``.
+- dtypes: the kernels compute in float64 if any input is float64 (needs ``jax_enable_x64``), else
+  in float32 (float16 and bfloat16 inputs are widened); the loss comes back in the inputs'
+  promoted dtype (``jnp.result_type``) and each gradient in its input's dtype.
+- Errors: shapes, dtypes and static arguments are checked when the function is called (or
+  traced). Checks of values the host sees only at run time (a traced ``beta`` < 0, a negative
+  traced offset, Bernoulli data outside [0, 1]) raise in the kernel: called eagerly, that
+  exception reaches you as it is; inside ``jax.jit`` JAX reports it as
+  ``jax.errors.JaxRuntimeError`` whose message ends with the original error.
 """
 import functools
 import numbers
@@ -39,150 +54,440 @@ from . import _validate as check
 from . import ops
 from ._interop import to_native
 
-__all__ = ["elbo_loss", "reparameterize"]
+__all__ = ["elbo_loss", "iwae_loss", "reparameterize", "REDUCTIONS"]
+
+REDUCTIONS = ("mean", "sum", "none")
+_LOGITS = ("dec_out must be the decoder's logits (any real number, not probabilities) for "
+           "likelihood='bernoulli', its means for 'gaussian'")
 
 
-def _compute_dtype(*arrays):
+# ---------------------------------------------------------------------------------------------
+# The host indirection: every kernel call goes through _callback
+# ---------------------------------------------------------------------------------------------
+def _callback(host_fn, shapes, *args):
+    """``host_fn(*numpy_arrays) -> tuple of NumPy arrays`` as a JAX op with outputs ``shapes``
+    (a tuple of ShapeDtypeStruct). ``host_fn`` is a module-level ``_host_*`` function, or a
+    ``functools.partial`` of one binding its static keyword arguments (strings). The callback is
+    handed CPU JAX arrays; they reach the kernels as zero-copy NumPy views."""
+    def on_host(*arrays):
+        try:
+            return host_fn(*(to_native(a)[0] for a in arrays))
+        except Exception as e:
+            _last_host_error[0] = e        # for _surface_host_errors (eager calls)
+            raise
+    return jax.pure_callback(on_host, shapes, *args, vmap_method="sequential")
+
+
+_last_host_error = [None]
+
+
+def _surface_host_errors(fn):
+    """Eagerly, a host exception reaches the caller as itself, not wrapped in the
+    JaxRuntimeError (a 20-frame traceback) that pure_callback turns it into."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        _last_host_error[0] = None
+        try:
+            return fn(*args, **kwargs)
+        except jax.errors.JaxRuntimeError as e:
+            host, _last_host_error[0] = _last_host_error[0], None
+            if host is None or str(host) not in str(e):
+                raise
+            raise host.with_traceback(None) from None
+    return wrapper
+
+
+def _shape_of(shape, dtype):
+    return jax.ShapeDtypeStruct(tuple(shape), dtype)
+
+
+def _like(*arrays):
+    return tuple(_shape_of(a.shape, a.dtype) for a in arrays)
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument checks (at call or trace time, naming the argument and what was passed)
+# ---------------------------------------------------------------------------------------------
+def _describe(value):
+    """'jax.Array of dtype int32 and shape (3,)', 'list', ... for error messages."""
+    if isinstance(value, jax.core.Tracer):
+        kind = "traced jax value"
+    elif isinstance(value, jax.Array):
+        kind = "jax.Array"
+    elif isinstance(value, (np.ndarray, np.generic)):
+        kind = f"numpy.{type(value).__name__}"
+    else:
+        return type(value).__name__
+    return f"{kind} of dtype {value.dtype} and shape {tuple(value.shape)}"
+
+
+def _as_arrays(named, dims):
+    """[(name, value)] -> [(name, jax array)]: floating, of the documented rank, non-empty, with
+    matching dimensions (dims: {name: ("N", "D")})."""
+    out = []
+    for name, value in named:
+        try:
+            a = jnp.asarray(value)
+        except (TypeError, ValueError):
+            a = None
+        if a is None or not jnp.issubdtype(a.dtype, jnp.floating):
+            raise TypeError(f"{name} must be a floating array (float16, bfloat16, float32 or "
+                            f"float64), got {_describe(value)}")
+        shape = dims[name]
+        if a.ndim != len(shape) or 0 in a.shape:
+            raise ValueError(f"{name} must be a non-empty {len(shape)}-D array of shape "
+                             f"({', '.join(shape)}), got shape {a.shape}")
+        out.append((name, a))
+    check.match_dims(**{name: (a, dims[name]) for name, a in out})
+    return out
+
+
+def _dec_logvar_named(likelihood, dec_logvar):
+    if likelihood == "gaussian":
+        if dec_logvar is None:
+            raise ValueError("likelihood='gaussian' needs dec_logvar, the decoder's per-dimension "
+                             "log-variance of shape (D,)")
+        return [("dec_logvar", dec_logvar)]
+    if dec_logvar is not None:
+        raise ValueError(f"dec_logvar is only used with likelihood='gaussian'; pass None (got "
+                         f"{_describe(dec_logvar)})")
+    return []
+
+
+def _compute_dtype(arrays):
     """float64 if any input is float64, else float32 (fastvae.ops's rule)."""
     widest = max(jnp.dtype(a.dtype).itemsize for a in arrays)
     return jnp.dtype(jnp.float64 if widest >= 8 else jnp.float32)
 
 
-def _as_float(dtype, *arrays):
-    for name, a in arrays:
-        if not jnp.issubdtype(a.dtype, jnp.floating):
-            raise TypeError(f"{name} must be a floating array (float32 or float64), got dtype "
-                            f"{a.dtype}")
-    return [a.astype(dtype) for _, a in arrays]
+def _prepare(named, dims):
+    """-> (arrays cast to the computing dtype, the inputs' promoted dtype for the loss)."""
+    try:
+        arrays = [a for _, a in _as_arrays(named, dims)]
+    except (TypeError, ValueError) as e:
+        if "dec_out" not in str(e):
+            raise
+        raise type(e)(f"{e} ({_LOGITS})") from None
+    dtype = _compute_dtype(arrays)
+    return [a.astype(dtype) for a in arrays], jnp.result_type(*arrays)
 
 
-def _callback(host_fn, shapes, *args):
-    """``host_fn(*numpy_arrays)`` as a JAX op. The callback is handed CPU JAX arrays; they reach
-    the kernels as zero-copy NumPy views."""
-    def on_host(*arrays):
-        return host_fn(*(to_native(a)[0] for a in arrays))
-    return jax.pure_callback(on_host, shapes, *args, vmap_method="sequential")
+def _concrete(value):
+    """A NumPy scalar/array or a JAX array that is not traced (its value is known now)."""
+    return (isinstance(value, (np.ndarray, np.generic))
+            or (isinstance(value, jax.Array) and not isinstance(value, jax.core.Tracer)))
+
+
+def _beta(beta, dtype):
+    """A real number or a 0-d real array (traced or not) -> a 0-d array of ``dtype``."""
+    real = hasattr(beta, "dtype") and any(jnp.issubdtype(beta.dtype, kind)
+                                          for kind in (jnp.floating, jnp.integer))
+    if real and np.ndim(beta) == 0 and _concrete(beta):
+        beta = float(beta)                 # a known value: checked now, as a number
+    if isinstance(beta, numbers.Real) and not isinstance(beta, (bool, np.bool_)):
+        return jnp.asarray(check.real_scalar("beta", beta, low=0.0), dtype)
+    if not (real and isinstance(beta, jax.core.Tracer) and beta.ndim == 0):
+        raise TypeError(f"beta must be a real number or a 0-d real array, got "
+                        f"{_describe(beta)}")
+    return beta.astype(dtype)             # traced: checked on the host by fastvae.ops
+
+
+def _reduction(reduction):
+    return check.choice("reduction", reduction, REDUCTIONS)
+
+
+def _likelihood(likelihood):
+    return check.choice("likelihood", likelihood, ops.LIKELIHOODS)
+
+
+def _row_cotangent(g, n, reduction):
+    """d loss / d loss_n (N,) from the loss's cotangent ``g`` (0-d, or (N,) for "none")."""
+    if reduction == "none":
+        return g
+    return jnp.broadcast_to(g / n if reduction == "mean" else g, (n,))
+
+
+def _optional(rest):
+    """The optional trailing dec_logvar of a host function's arrays."""
+    return rest[0] if rest else None
 
 
 # ---------------------------------------------------------------------------------------------
 # elbo_loss
 # ---------------------------------------------------------------------------------------------
-def elbo_loss(x, dec_out, mu, logvar, likelihood="bernoulli", dec_logvar=None, beta=1.0):
-    """``loss = -mean_n ELBO_n``, ``ELBO_n = log p(x_n | dec_out_n) - beta KL(q(z | x_n) ||
-    N(0, I))``, a 0-d array of the computing dtype.
+_ELBO_DIMS = {"x": ("N", "D"), "dec_out": ("N", "D"), "mu": ("N", "L"), "logvar": ("N", "L"),
+              "dec_logvar": ("D",)}
 
-    x, dec_out (N, D) (dec_out: logits for "bernoulli", means for "gaussian"); mu, logvar (N, L);
+
+@_surface_host_errors
+def elbo_loss(x, dec_out, mu, logvar, likelihood="bernoulli", dec_logvar=None, beta=1.0,
+              reduction="mean"):
+    """``-ELBO_n = -(log p(x_n | dec_out_n) - beta KL(q(z | x_n) || N(0, I)))``, reduced.
+
+    x (N, D): the data (in [0, 1] for "bernoulli"); dec_out (N, D): the decoder's output for the
+    sampled z: its logits for "bernoulli" (any real number; not probabilities: sigmoid(dec_out)
+    is the mean), its means for "gaussian"; mu, logvar (N, L) the encoder's posterior;
     dec_logvar (D,) for "gaussian" only; beta >= 0, a number or a 0-d array (it may be traced,
     e.g. a KL warm-up schedule under jit; it is differentiable too).
+    reduction: "mean" (default) -> 0-d ``-mean_n ELBO_n``; "sum" -> 0-d; "none" -> (N,).
+
+    With x in [0, 1] the Bernoulli -ELBO is >= 0. Probabilities passed as dec_out give a wrong
+    loss silently (they are valid logits); x outside [0, 1] (e.g. x and dec_out swapped) is
+    refused by the kernel.
     """
-    check.choice("likelihood", likelihood, ops.LIKELIHOODS)
+    likelihood, reduction = _likelihood(likelihood), _reduction(reduction)
     named = [("x", x), ("dec_out", dec_out), ("mu", mu), ("logvar", logvar)]
-    if likelihood == "gaussian":
-        if dec_logvar is None:
-            raise ValueError("likelihood='gaussian' needs dec_logvar, the decoder's per-dimension "
-                             "log-variance of shape (D,)")
-        named.append(("dec_logvar", dec_logvar))
-    elif dec_logvar is not None:
-        raise ValueError("dec_logvar is only used with likelihood='gaussian'; pass None")
-    named = [(name, jnp.asarray(a)) for name, a in named]
-    _check_shapes(named)
-    dtype = _compute_dtype(*(a for _, a in named))
-    return _elbo_loss_fn(likelihood)(_beta(beta, dtype), *_as_float(dtype, *named))
+    named += _dec_logvar_named(likelihood, dec_logvar)
+    arrays, out_dtype = _prepare(named, _ELBO_DIMS)
+    loss = _elbo_fn(likelihood, reduction)(_beta(beta, arrays[0].dtype), *arrays)
+    return loss.astype(out_dtype)
 
 
-def _beta(beta, dtype):
-    if isinstance(beta, numbers.Real):
-        return jnp.asarray(check.real_scalar("beta", beta, low=0.0), dtype)
-    beta = jnp.asarray(beta)           # a traced value is checked on the host by fastvae.ops
-    if beta.ndim != 0 or not jnp.issubdtype(beta.dtype, jnp.floating):
-        raise TypeError(f"beta must be a real number or a 0-d float array, got {beta.dtype} "
-                        f"of shape {beta.shape}")
-    return beta.astype(dtype)
+def _host_elbo_forward(beta, x, dec_out, mu, logvar, *rest, likelihood):
+    """-> (elbo (N,),): the forward kernel alone."""
+    elbo, _ = ops.elbo_forward(x, dec_out, mu, logvar, likelihood=likelihood,
+                               dec_logvar=_optional(rest), beta=float(beta))
+    return (elbo,)
 
 
-def _check_shapes(named):
-    """The shape checks of fastvae.ops, at trace time (so errors name the argument)."""
-    dims = {"x": ("N", "D"), "dec_out": ("N", "D"), "mu": ("N", "L"), "logvar": ("N", "L"),
-            "dec_logvar": ("D",)}
-    for name, a in named:
-        if a.ndim != len(dims[name]) or 0 in a.shape:
-            raise ValueError(f"{name} must be a non-empty {len(dims[name])}-D array of shape "
-                             f"({', '.join(dims[name])}), got shape {a.shape}")
-    check.match_dims(**{name: (a, dims[name]) for name, a in named})
+def _host_elbo_loss(beta, x, dec_out, mu, logvar, *rest, likelihood):
+    """-> (loss 0-d,): ``-mean_n elbo_n`` (summed in float64) from the forward kernel alone."""
+    (elbo,) = _host_elbo_forward(beta, x, dec_out, mu, logvar, *rest, likelihood=likelihood)
+    return (np.asarray(-np.mean(elbo, dtype=np.float64), elbo.dtype),)
+
+
+def _host_elbo_loss_and_grads(beta, x, dec_out, mu, logvar, *rest, likelihood):
+    """-> (loss 0-d, ddec_out, dmu, dlogvar[, ddec_logvar]) of ``-mean_n elbo_n``, fused."""
+    loss, grads = ops.elbo_loss_and_grads(x, dec_out, mu, logvar, likelihood=likelihood,
+                                          dec_logvar=_optional(rest), beta=float(beta))
+    return (np.asarray(loss, grads[0].dtype), *grads)
+
+
+def _host_elbo_backward(delbo, beta, x, dec_out, mu, logvar, *rest, likelihood):
+    """delbo (N,) -> (ddec_out, dmu, dlogvar[, ddec_logvar]): the forward kernel again (for its
+    cache), then the backward kernel."""
+    _, cache = ops.elbo_forward(x, dec_out, mu, logvar, likelihood=likelihood,
+                                dec_logvar=_optional(rest), beta=float(beta))
+    return tuple(ops.elbo_backward(delbo, cache))
 
 
 @functools.lru_cache(maxsize=None)
-def _elbo_loss_fn(likelihood):
-    """The custom_vjp loss for one likelihood: (beta 0-d, x, dec_out, mu, logvar[, dec_logvar]),
-    all of one float dtype -> 0-d loss."""
-    def host_loss(beta, *arrays):      # forward kernel only: the loss without gradients
-        elbo, _ = ops.elbo_forward(*arrays[:4], likelihood=likelihood,
-                                   dec_logvar=(arrays[4:] or [None])[0], beta=float(beta))
-        return np.asarray(-np.mean(elbo, dtype=np.float64), dtype=elbo.dtype)
+def _elbo_fn(likelihood, reduction):
+    """The custom_vjp loss: (beta 0-d, x, dec_out, mu, logvar[, dec_logvar]), all of one float
+    dtype -> loss, 0-d or (N,). The host computes the mean's loss and gradients ("sum" scales
+    them by N here) or the per-row ELBO ("none")."""
+    def host(fn):
+        return functools.partial(fn, likelihood=likelihood)
 
-    def host_loss_and_grads(beta, *arrays):
-        loss, grads = ops.elbo_loss_and_grads(*arrays[:4], likelihood=likelihood,
-                                              dec_logvar=(arrays[4:] or [None])[0],
-                                              beta=float(beta))
-        return (np.asarray(loss, dtype=grads[0].dtype), *grads)
+    def scale(x):                      # "sum" = N * "mean"
+        return x.shape[0] if reduction == "sum" else 1
 
     @jax.custom_vjp
     def loss_fn(beta, *arrays):
-        return _callback(host_loss, _shape_of((), beta.dtype), beta, *arrays)
+        x = arrays[0]
+        if reduction == "none":
+            rows = _shape_of(x.shape[:1], x.dtype)
+            return -_callback(host(_host_elbo_forward), (rows,), beta, *arrays)[0]
+        loss = _callback(host(_host_elbo_loss), (_shape_of((), x.dtype),), beta, *arrays)[0]
+        return loss * scale(x)
 
     def forward(beta, *arrays):
-        shapes = (_shape_of((), beta.dtype), *(_shape_of(a.shape, a.dtype) for a in arrays[1:]))
-        loss, *grads = _callback(host_loss_and_grads, shapes, beta, *arrays)
-        return loss, (grads, arrays[1:4])  # residuals: the loss's gradients; dec_out, mu, logvar
+        if reduction == "none":
+            return loss_fn(beta, *arrays), (None, beta, arrays)
+        shapes = (_shape_of((), beta.dtype), *_like(*arrays[1:]))
+        loss, *grads = _callback(host(_host_elbo_loss_and_grads), shapes, beta, *arrays)
+        n = scale(arrays[0])
+        return loss * n, ([g * n for g in grads], beta, arrays)   # residuals: the gradients
 
     def backward(residuals, dloss):
-        grads, (dec_out, mu, logvar) = residuals
-        dx = -grads[0] if likelihood == "gaussian" else -dec_out / dec_out.shape[0]
-        dbeta = _mean_kl(mu, logvar)       # dloss/dbeta; jit drops these two when unused
-        return (dbeta * dloss, dx * dloss, *(g * dloss for g in grads))
+        grads, beta, arrays = residuals
+        x, dec_out, mu, logvar = arrays[:4]
+        drow = _row_cotangent(dloss, x.shape[0], reduction)                  # (N,)
+        if grads is None:
+            grads = _callback(host(_host_elbo_backward), _like(*arrays[1:]), -drow, beta,
+                              *arrays)
+        else:
+            grads = [g * dloss for g in grads]
+        if likelihood == "gaussian":       # d/dx log N(x; m, v) = -d/dm
+            dx = -grads[0]
+        else:                              # d/dx (x l - softplus(l)) = l
+            dx = -dec_out * drow[:, None]
+        dbeta = jnp.sum(drow * _kl_rows(mu, logvar))  # jit drops dx and dbeta when unused
+        return (dbeta, dx, *grads)
 
     loss_fn.defvjp(forward, backward)
     return loss_fn
 
 
-def _mean_kl(mu, logvar):
-    """mean_n KL(N(mu_n, exp(logvar_n)) || N(0, I)), as fastvae/_reference.py::kl_forward."""
-    return 0.5 * jnp.mean(jnp.sum(mu * mu + jnp.expm1(logvar) - logvar, axis=1))
+def _kl_rows(mu, logvar):
+    """KL(N(mu_n, exp(logvar_n)) || N(0, I)) (N,), as fastvae/_reference.py::kl_forward."""
+    return 0.5 * jnp.sum(mu * mu + jnp.expm1(logvar) - logvar, axis=1)
 
 
-def _shape_of(shape, dtype):
-    return jax.ShapeDtypeStruct(shape, dtype)
+# ---------------------------------------------------------------------------------------------
+# iwae_loss
+# ---------------------------------------------------------------------------------------------
+_IWAE_DIMS = {"x": ("N", "D"), "dec_out": ("N", "K", "D"), "mu": ("N", "L"),
+              "logvar": ("N", "L"), "eps": ("N", "K", "L"), "dec_logvar": ("D",)}
+
+
+@_surface_host_errors
+def iwae_loss(x, dec_out, mu, logvar, eps, likelihood="bernoulli", dec_logvar=None,
+              reduction="mean"):
+    """The negative importance-weighted bound ``-(logsumexp_k log w_nk - log K)``, reduced.
+
+    ``log w_nk = log p(x_n | dec_out_nk) + log p(z_nk) - log q(z_nk | x_n)`` with
+    ``z_nk = mu_n + exp(logvar_n / 2) eps_nk``. x (N, D) the data; dec_out (N, K, D) the decoder's
+    output for each z_nk (logits for "bernoulli", not probabilities; means for "gaussian");
+    mu, logvar (N, L); eps (N, K, L) the noise (e.g. ``jax.random.normal(key, (N, K, L))``);
+    dec_logvar (D,) for "gaussian" only. reduction: "mean" (default) or "sum" -> 0-d, "none" ->
+    (N,). K = 1 is the ELBO with the sampled KL.
+
+    Gradients: dec_out, mu, logvar and dec_logvar through the kernels (eps held fixed, softmax
+    importance weights), x and eps in JAX. Compute z from mu, logvar and eps in JAX and feed
+    the decoder: the path through z then flows through dec_out.
+    """
+    likelihood, reduction = _likelihood(likelihood), _reduction(reduction)
+    named = [("x", x), ("dec_out", dec_out), ("mu", mu), ("logvar", logvar), ("eps", eps)]
+    named += _dec_logvar_named(likelihood, dec_logvar)
+    arrays, out_dtype = _prepare(named, _IWAE_DIMS)
+    return _iwae_fn(likelihood, reduction)(*arrays).astype(out_dtype)
+
+
+def _host_iwae_loss(x, dec_out, mu, logvar, eps, *rest, likelihood):
+    """-> (loss (N,),): the forward kernels alone."""
+    logw, _ = ops.log_weight_forward(x, dec_out, mu, logvar, eps, likelihood=likelihood,
+                                     dec_logvar=_optional(rest))
+    return (-ops.iwae_forward(logw)[0],)
+
+
+def _host_iwae_loss_and_grads(dloss, x, dec_out, mu, logvar, eps, *rest, likelihood):
+    """Per-row cotangent dloss (N,) -> (loss (N,), dlogw (N, K), ddec_out (N, K, D), dmu,
+    dlogvar (N, L)[, ddec_logvar (D,)])."""
+    logw, weight_cache = ops.log_weight_forward(x, dec_out, mu, logvar, eps,
+                                                likelihood=likelihood, dec_logvar=_optional(rest))
+    estimate, iwae_cache = ops.iwae_forward(logw)
+    dlogw = ops.iwae_backward(-dloss, iwae_cache)          # -dloss * softmax_k(logw)
+    return (-estimate, dlogw, *ops.log_weight_backward(dlogw, weight_cache))
+
+
+@functools.lru_cache(maxsize=None)
+def _iwae_fn(likelihood, reduction):
+    """The custom_vjp loss: (x, dec_out, mu, logvar, eps[, dec_logvar]) -> 0-d or (N,)."""
+    host_loss = functools.partial(_host_iwae_loss, likelihood=likelihood)
+    host_grads = functools.partial(_host_iwae_loss_and_grads, likelihood=likelihood)
+
+    def reduce(rows):
+        return {"mean": jnp.mean, "sum": jnp.sum, "none": lambda r: r}[reduction](rows)
+
+    def run(dloss, arrays):            # -> loss (N,), dlogw (N, K), kernel gradients
+        (n, k, _), dtype = arrays[1].shape, arrays[1].dtype
+        shapes = (_shape_of((n,), dtype), _shape_of((n, k), dtype), *_like(*arrays[1:4]),
+                  *_like(*arrays[5:]))
+        rows, dlogw, *grads = _callback(host_grads, shapes, dloss, *arrays)
+        return rows, dlogw, grads
+
+    @jax.custom_vjp
+    def loss_fn(*arrays):
+        rows_shape = _shape_of(arrays[0].shape[:1], arrays[0].dtype)
+        return reduce(_callback(host_loss, (rows_shape,), *arrays)[0])
+
+    def forward(*arrays):
+        if reduction == "none":
+            return loss_fn(*arrays), (None, arrays)
+        n = arrays[0].shape[0]          # "mean" / "sum": gradients now, for a unit cotangent
+        rows, dlogw, grads = run(_row_cotangent(jnp.ones((), arrays[0].dtype), n, reduction),
+                                 arrays)
+        return reduce(rows), ((dlogw, grads), arrays)
+
+    def backward(residuals, dloss):
+        done, arrays = residuals
+        if done is None:
+            _, dlogw, grads = run(dloss, arrays)
+        else:
+            dlogw, grads = jax.tree.map(lambda g: g * dloss, done)
+        x, dec_out, mu, logvar, eps = arrays[:5]
+        if likelihood == "gaussian":   # d/dx log N(x; m, v) = -d/dm, summed over k
+            dx = -jnp.sum(grads[0], axis=1)
+        else:
+            dx = jnp.einsum("nk,nkd->nd", dlogw, dec_out)
+        sigma = jnp.exp(logvar / 2)[:, None, :]
+        z = mu[:, None, :] + sigma * eps
+        deps = dlogw[:, :, None] * (eps - z * sigma)  # d/deps (log p(z) - log q(z | x))
+        return (dx, grads[0], grads[1], grads[2], deps, *grads[3:])
+
+    loss_fn.defvjp(forward, backward)
+    return loss_fn
 
 
 # ---------------------------------------------------------------------------------------------
 # reparameterize
 # ---------------------------------------------------------------------------------------------
-def reparameterize(mu, logvar, seed, offset=0):
-    """``z = mu + exp(logvar / 2) * eps`` with ``eps = fastvae.random.normal((N, L), seed,
-    offset)`` generated in the kernel.
+_OFFSET_HI_MASK = 0x1FFFFFFF           # offsets from a key stay below 2^61
 
-    mu, logvar (N, L) -> z (N, L), differentiable in mu and logvar. seed in [0, 2^64) and
-    offset in [0, 2^62): Python ints, or integer 0-d arrays that may be traced (e.g. ``offset =
-    step * mu.size`` inside a jitted training step; a negative traced offset is refused on the
-    host, a negative traced seed is taken modulo 2^64).
+
+@_surface_host_errors
+def reparameterize(mu, logvar, seed=None, offset=0, *, key=None):
+    """``z = mu + exp(logvar / 2) * eps`` with ``eps = fastvae.random.normal((N, L), seed,
+    offset)`` generated in the kernel (never stored: the backward regenerates it).
+
+    mu, logvar (N, L) -> z (N, L) in their promoted dtype, differentiable in mu and logvar.
+    Give one of:
+
+    - ``key``: a JAX PRNG key (``jax.random.key`` or ``jax.random.PRNGKey``), e.g. a fresh
+      ``jax.random.split`` subkey every step; never reuse a key for two batches. The stream
+      position is ``b = jax.random.bits(key, (4,), jnp.uint32)``: ``seed = b0 + 2^32 b1``,
+      ``offset = b2 + 2^32 (b3 & 0x1FFFFFFF)``. Traced keys (under jit, vmap) are fine.
+    - ``seed`` in [0, 2^64) and ``offset`` in [0, 2^62): Python ints or integer 0-d arrays that
+      may be traced (e.g. ``offset = step * mu.size`` inside a jitted step; advance offset by
+      ``mu.size`` per step for fresh noise). A negative traced offset is refused on the host, a
+      negative traced seed is taken modulo 2^64.
     """
-    named = [("mu", jnp.asarray(mu)), ("logvar", jnp.asarray(logvar))]
-    _check_shapes(named)
-    mu, logvar = _as_float(_compute_dtype(*(a for _, a in named)), *named)
-    return _reparameterize(mu, logvar, _words("seed", seed, 2 ** 64 - 1),
-                           _words("offset", offset, 2 ** 62 - 1))
+    arrays, out_dtype = _prepare([("mu", mu), ("logvar", logvar)], _ELBO_DIMS)
+    if key is not None:
+        if seed is not None or not _is_zero(offset):
+            raise ValueError("give either key or seed (and offset), not both: a key sets both "
+                             "the seed and the offset")
+        seed_words, offset_words = _key_words(key)
+    elif seed is None:
+        raise ValueError("reparameterize needs key= (a jax.random key) or seed= (and offset=)")
+    else:
+        seed_words = _words("seed", seed, 2 ** 64 - 1)
+        offset_words = _words("offset", offset, 2 ** 62 - 1)
+    return _reparameterize(*arrays, seed_words, offset_words).astype(out_dtype)
+
+
+def _is_zero(value):
+    return isinstance(value, numbers.Integral) and value == 0
+
+
+def _key_words(key):
+    """A PRNG key -> (seed, offset) as (lo, hi) uint32 words (see reparameterize)."""
+    k = key
+    typed = hasattr(k, "dtype") and jnp.issubdtype(k.dtype, jax.dtypes.prng_key)
+    legacy = (hasattr(k, "dtype") and not typed and np.dtype(k.dtype) == np.uint32
+              and tuple(k.shape) == (2,))
+    if not (typed and k.ndim == 0 or legacy):
+        raise TypeError(f"key must be one JAX PRNG key (jax.random.key(0) or "
+                        f"jax.random.PRNGKey(0); map a batch of keys with jax.vmap), got "
+                        f"{_describe(key)}")
+    bits = jax.random.bits(jnp.asarray(key), (4,), jnp.uint32)
+    return bits[:2], jnp.stack([bits[2], bits[3] & jnp.uint32(_OFFSET_HI_MASK)])
 
 
 def _words(name, value, high):
     """A Python int or an integer 0-d array (traced or not) -> (lo, hi) uint32 words of its
     64-bit two's complement (JAX holds no 64-bit ints without jax_enable_x64)."""
+    if _concrete(value) and np.ndim(value) == 0 and jnp.issubdtype(value.dtype, jnp.integer):
+        value = int(value)                 # a known value: checked now, all 64 bits kept
     if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
         value = check.integer(name, value, 0, high)
         return jnp.asarray([value & 0xFFFFFFFF, value >> 32], dtype=jnp.uint32)
-    a = jnp.asarray(value)
-    if a.ndim != 0 or not jnp.issubdtype(a.dtype, jnp.integer):
-        raise TypeError(f"{name} must be an int or an integer 0-d array, got {a.dtype} of shape "
-                        f"{a.shape}")
+    if (not isinstance(value, jax.core.Tracer) or value.ndim != 0
+            or not jnp.issubdtype(value.dtype, jnp.integer)):
+        raise TypeError(f"{name} must be an int or an integer 0-d array, got "
+                        f"{_describe(value)}")
+    a = value
     if a.dtype.itemsize == 8:
         return jnp.stack([a & 0xFFFFFFFF, a >> 32]).astype(jnp.uint32)
     hi = jnp.uint32(0)
@@ -201,20 +506,21 @@ def _host_reparam_forward(mu, logvar, seed, offset):
 
 
 def _host_z(mu, logvar, seed, offset):
-    return _host_reparam_forward(mu, logvar, seed, offset)[0]
+    """-> (z (N, L),)."""
+    return (_host_reparam_forward(mu, logvar, seed, offset)[0],)
 
 
 def _host_dlogvar(dz, mu, logvar, seed, offset):
-    # The forward kernel runs again for its cache (logvar and (seed, offset): no noise array),
-    # then the backward kernel regenerates the noise. The discarded z costs one elementwise pass
-    # over (N, L), small next to the callback itself.
+    """-> (dlogvar (N, L),). The forward kernel runs again for its cache (logvar and (seed,
+    offset): no noise array), then the backward kernel regenerates the noise. The discarded z
+    costs one elementwise pass over (N, L), small next to the callback itself."""
     _, cache = _host_reparam_forward(mu, logvar, seed, offset)
-    return ops.reparam_backward(dz, cache)[1]
+    return (ops.reparam_backward(dz, cache)[1],)
 
 
 @jax.custom_vjp
 def _reparameterize(mu, logvar, seed, offset):
-    return _callback(_host_z, _shape_of(mu.shape, mu.dtype), mu, logvar, seed, offset)
+    return _callback(_host_z, _like(mu), mu, logvar, seed, offset)[0]
 
 
 def _reparameterize_forward(mu, logvar, seed, offset):
@@ -223,8 +529,7 @@ def _reparameterize_forward(mu, logvar, seed, offset):
 
 def _reparameterize_backward(residuals, dz):
     mu, logvar, seed, offset = residuals
-    dlogvar = _callback(_host_dlogvar, _shape_of(logvar.shape, logvar.dtype),
-                        dz, mu, logvar, seed, offset)
+    (dlogvar,) = _callback(_host_dlogvar, _like(logvar), dz, mu, logvar, seed, offset)
     return dz, dlogvar, None, None         # dmu = dz; seed and offset are not differentiable
 
 
