@@ -27,8 +27,9 @@ The rules:
   and caches are returned as they are.
 - Autograd. ``fastvae.ops`` records no autograd history, so a torch tensor that requires grad is a
   ``TypeError``: pass ``t.detach()`` (the same memory), or use ``fastvae.torch``, whose
-  ``autograd.Function``s run these kernels as differentiable PyTorch ops. Traced JAX values (inside
-  ``jax.jit`` / ``jax.grad``) are a ``TypeError`` too: use ``fastvae.jax``.
+  custom ops (``torch.library.custom_op``) run these kernels as differentiable PyTorch ops.
+  Traced JAX values (inside ``jax.jit`` / ``jax.grad``) are a ``TypeError`` too: use
+  ``fastvae.jax``.
 - In place. ``adam_update`` updates torch tensors in place through the view (pass
   ``p.detach()`` for a parameter: the tensor ``p`` changes). JAX arrays are immutable, so
   ``adam_update`` refuses them.

@@ -30,6 +30,7 @@ import threading
 import numpy as np
 
 _override = None
+_user_chose = False   # set_num_threads was called (with a count)
 _pool = None
 _lock = threading.Lock()
 _local = threading.local()   # .in_pool: this thread is running a tile of a pool phase
@@ -87,10 +88,24 @@ _cpu_count = []
 
 def set_num_threads(n):
     """Use n threads for CPU work from now on (None: back to the default): the pool's, and
-    Numba's for the row-parallel kernels of ``fastvae.ops``."""
-    global _override
+    Numba's for the row-parallel kernels of ``fastvae.ops``. A count set here is the user's
+    choice: ``follow`` (the thread count of a host library) no longer changes it."""
+    global _user_chose
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
         raise ValueError(f"n must be a positive int or None, got {n!r}")
+    _user_chose = n is not None
+    _set(n)
+
+
+def follow(n):
+    """Use the host library's thread count n (fastvae/torch.py follows torch.set_num_threads)
+    unless the user chose fastvae's own: set_num_threads or FASTVAE_NUM_THREADS."""
+    if not _user_chose and not os.environ.get("FASTVAE_NUM_THREADS") and n != num_threads():
+        _set(n)
+
+
+def _set(n):
+    global _override
     _override = n
     import numba
     numba.set_num_threads(min(num_threads(), numba.config.NUMBA_NUM_THREADS))
