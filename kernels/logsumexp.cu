@@ -15,12 +15,18 @@
 // block_sum_all). Two passes over the row (block max, then the sum of exp(a - m)), as the CPU
 // kernel: the second pass hits L1/L2 (a row is 4-20 KB), so the one-pass online update would save
 // no DRAM traffic. Bytes per element: forward / partial read a once from DRAM (4 B float32, 8 B
-// float64) plus an L1/L2 re-read; backward reads a, writes da (8 B / 16 B), dlse and lse per row.
+// float64) plus an L1/L2 re-read; backward reads a, writes da (8 B / 16 B), dlse and lse64 per row.
 //
 // Numerics: each thread sums its strided terms in T, then the block adds the per-thread sums as a
 // tree (warp butterfly, then across warps): error O((K / blockDim + log2 blockDim) eps), e.g.
 // 20 + 8 roundings for K = 5000 and 256 threads. m + log s is formed in double and rounded once to
 // T (one per row, as the CPU kernel). The merge works in double, as the CPU kernel.
+// The forward also stores that double m + log s (lse64), and the backward takes it: the softmax is
+// exp((T)((double)a - lse64)), a - lse64 rounded once to T, so the dominant weights (a near lse)
+// are exact to T's rounding; exp(a - lse) with the rounded lse would be off by up to ulp(|lse|)
+// relative in every weight (3e-5 at |lse| ~ 500 in float32). Per element that is two conversions
+// and one double subtraction, next to 8 B (float32) of memory traffic (not yet timed on a GPU);
+// for T = double, as before.
 #include "common.cuh"
 
 // The streaming state (m, s) of the row a_row[0:k], in every thread of the block. Every thread
@@ -62,29 +68,39 @@ FV_KERNEL_F32_F64(logsumexp_partial_kernel,
 
 // math: fastvae/_reference.py::logsumexp_forward
 FV_KERNEL_F32_F64(logsumexp_forward_kernel,
-                  (T* __restrict__ lse, const T* __restrict__ a, int n, long long k),
-                  (lse, a, n, k)) {
-    // lse (N,); a (N, K). One block per row.
+                  (T* __restrict__ lse, double* __restrict__ lse64, const T* __restrict__ a, int n,
+                   long long k),
+                  (lse, lse64, a, n, k)) {
+    // lse, lse64 (N,); a (N, K). One block per row.
     __shared__ T scratch[32];
     for (int i = blockIdx.x; i < n; i += gridDim.x) {
         T mi, si;
         row_state(mi, si, a + (long long)i * k, k, scratch);
-        // m + log s in double: -inf for (-inf, 0), +inf for (+inf, 1), NaN for NaN
-        if (threadIdx.x == 0) lse[i] = (T)((double)mi + log((double)si));
+        // m + log s in double: -inf for (-inf, 0), +inf for (+inf, 1), NaN for NaN; kept
+        // unrounded for the backward
+        if (threadIdx.x == 0) {
+            const double l = (double)mi + log((double)si);
+            lse[i] = (T)l;
+            lse64[i] = l;
+        }
     }
 }
 
 // math: fastvae/_reference.py::logsumexp_backward
 FV_KERNEL_F32_F64(logsumexp_backward_kernel,
                   (T* __restrict__ da, const T* __restrict__ dlse, const T* __restrict__ a,
-                   const T* __restrict__ lse, long long n, long long k),
-                  (da, dlse, a, lse, n, k)) {
-    // da, a (N, K); dlse, lse (N,). Elementwise over the N K entries (grid-stride): K may be small.
+                   const double* __restrict__ lse64, long long n, long long k),
+                  (da, dlse, a, lse64, n, k)) {
+    // da, a (N, K); dlse (N,); lse64 (N,) the forward's double lse. Elementwise over the N K
+    // entries (grid-stride): K may be small.
     for (long long idx = fv_global_index(); idx < n * k; idx += fv_grid_stride()) {
         const long long i = idx / k;
-        const T dlse_i = dlse[i], lse_i = lse[i];
-        // dlse_i * 0 on an all -inf row (lse_i = -inf): NaN if dlse_i is NaN, as the reference
-        da[idx] = (lse_i == fv_neg_inf(lse_i)) ? dlse_i * T(0) : dlse_i * fv_exp(a[idx] - lse_i);
+        const T dlse_i = dlse[i];
+        const double lse_i = lse64[i];
+        // dlse_i * 0 on an all -inf row (lse_i = -inf): NaN if dlse_i is NaN, as the reference.
+        // lse_i = +inf: exp(-inf) = 0 at finite a, NaN at a = +inf; NaN stays NaN.
+        da[idx] = (lse_i == FV_NEG_INF_D) ? dlse_i * T(0)
+                                          : dlse_i * fv_exp((T)((double)a[idx] - lse_i));
     }
 }
 

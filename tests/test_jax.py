@@ -338,13 +338,17 @@ def test_iwae_loss_matches_jax_grad(likelihood, scale, reduction):
 
 
 def _iwae_rtol32(args):
-    """iwae_backward's softmax is exp(logw - lse) with lse = logsumexp_k logw in the dtype, so
-    in float32 the weights, and the gradients, are off by up to ulp(|lse|) relative (the jnp
-    formula's gradient, exp(logw - max) / sum, is not); allowed: 2 ulp."""
+    """iwae_backward's softmax is now exp(logw - lse64) with the forward's float64 lse
+    (fastvae/cpu/logsumexp.py), as precise as the jnp formula's exp(logw - max) / sum; it was
+    exp(logw - lse) with the float32 lse, off by up to ulp(|lse|) relative (4-37x the plain
+    three-way tolerance, worst of 12 input draws per case). Left, presumably the float32 log
+    weights themselves (fastvae's fused Bernoulli sum over D against jnp's, ~ulp(|logw|) apart):
+    the Bernoulli gradients still reach 1.7x the plain tolerance in those draws (Gaussian: 0.27x);
+    allowed: 1/2 ulp of |lse| (was 2 ulp), err/tol <= 0.54 over 20 draws per case."""
     with jax.enable_x64(True):
         logw = jax_log_weights(*(jnp.asarray(a, np.float64) for a in args))          # (N, K)
         lse = np.asarray(jax.scipy.special.logsumexp(logw, axis=1))
-    return max(1e-6, 2 * 2.0 ** -23 * float(np.abs(lse).max()))
+    return max(1e-6, 0.5 * 2.0 ** -23 * float(np.abs(lse).max()))
 
 
 def test_iwae_loss_eager_equals_jit_and_takes_one_sample():
@@ -353,8 +357,9 @@ def test_iwae_loss_eager_equals_jit_and_takes_one_sample():
     loss_fn = lambda *a: fastvae_iwae_loss(*a, reduction="none")       # noqa: E731
     eager = _value_and_vjp(loss_fn, args, np.float32, cotangent, jit=False)
     jitted = _value_and_vjp(loss_fn, args, np.float32, cotangent, jit=True)
-    for e, j in zip(eager, jitted):
-        np.testing.assert_allclose(e, j, rtol=1e-6)
+    for e, j in zip(eager, jitted):   # jit may reorder the float32 ops done in JAX (deps, dx)
+        e = np.asarray(e)
+        np.testing.assert_allclose(e, j, rtol=1e-5, atol=1e-6 * float(np.abs(e).max()))
     x, dec_out, mu, logvar, eps, dec_logvar = (jnp.asarray(a, jnp.float32) for a in args)
     one = fvj.iwae_loss(x, dec_out[:, :1], mu, logvar, eps[:, :1], likelihood="gaussian",
                         dec_logvar=dec_logvar, reduction="none")

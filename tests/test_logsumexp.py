@@ -104,6 +104,61 @@ def test_special_values_exact():
         assert out.dtype == m.dtype == s.dtype == da.dtype == dtype
 
 
+# ---------------------------------------------------------------------------------------------
+# the backward at large |lse|: the float64 lse of the forward's cache
+# ---------------------------------------------------------------------------------------------
+def autograd_softmax_grad(a, dlse):
+    """What JAX's / PyTorch's autograd of logsumexp computes, in a's dtype: ``dlse * exp(a - m) /
+    sum_k exp(a_k - m)``. Its float32 weights carry no ulp(|lse|) error (a - m is exact for the
+    dominant terms), unlike ``exp(a - lse)`` with lse rounded to float32 (fastvae/_reference.py)."""
+    m = a.max(axis=1, keepdims=True)
+    e = np.exp(a - m)
+    return dlse[:, None] * (e / e.sum(axis=1, keepdims=True))
+
+
+def large_lse_rows(shape, rng):
+    """Rows whose lse is ~ +-500 (and one ~ -5000), a few dominant weights per row: float32
+    ulp(|lse|) = 3e-5 (5e-4), so exp(a - lse32) is off by that much relative in every weight.
+    Float32 values (held in float64): the float64 reference then sees the same inputs, and the
+    three-way tolerance is not loosened by the inputs' own rounding (ulp(|a|) in each weight)."""
+    n, k = shape
+    offset = np.where(np.arange(n) % 2 == 0, 500.0, -500.0)
+    offset[-1] = -5000.0
+    return (rng.standard_normal(shape) * 3 + offset[:, None]).astype(np.float32).astype(np.float64)
+
+
+# float64: exp(a - lse64) keeps ulp(|lse|) of float64 (1e-13 at 5000) relative in each weight
+@pytest.mark.parametrize("shape", [(3, 1), (5, 7), (9, 1000), (64, 1000), (4, 2500)])
+def test_backward_at_large_lse_within_three_way_of_autograd(shape):
+    """Plain three-way tolerance against the autograd formula (float32 and float64): failed by
+    exp(a - lse) with the float32 lse (max|da - ref64| 4e-6 to 1.2e-4 against tolerances ~1-3e-6)
+    at K > 1."""
+    rng = np.random.default_rng(shape[1])
+    a = large_lse_rows(shape, rng)
+    dlse = rng.standard_normal(shape[0]).astype(np.float32).astype(np.float64)
+    helpers.check3(_fast_grad, autograd_softmax_grad, [a, dlse], rtol64=1e-12, name="da")
+
+
+def test_forward_cache_keeps_float64_lse():
+    rng = np.random.default_rng(8)
+    for dtype in (np.float32, np.float64):
+        for shape in ((3, 50), (64, 1000)):                 # serial and parallel kernel
+            a = large_lse_rows(shape, rng).astype(dtype)
+            a[0, :] = -np.inf
+            a[1, 3] = np.inf
+            a[2, 4] = np.nan
+            out, (a_c, lse_c, lse64) = lse.logsumexp_forward(a)
+            assert a_c is a and lse_c is out and out.dtype == dtype
+            assert lse64.dtype == np.float64 and lse64.shape == out.shape
+            assert not np.shares_memory(lse64, out)
+            np.testing.assert_array_equal(lse64.astype(dtype), out)   # lse: lse64 rounded once
+            np.testing.assert_array_equal(lse64[:3], [-np.inf, np.inf, np.nan])
+            m, s = lse.logsumexp_partial(a)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                np.testing.assert_array_equal(lse64[3:], m[3:].astype(np.float64)
+                                              + np.log(s[3:].astype(np.float64)))
+
+
 def test_backward_returns_new_array():
     a = np.random.default_rng(0).standard_normal((5, 9)).astype(np.float32)
     a_copy = a.copy()

@@ -54,7 +54,7 @@ MAX_BLOCKS = 64
 # iwae estimate
 # ---------------------------------------------------------------------------------------------
 def iwae_forward(logw):
-    """``est_n = logsumexp_k(logw_nk) - log K``: logw (N, K) -> (est (N,), (logw, lse));
+    """``est_n = logsumexp_k(logw_nk) - log K``: logw (N, K) -> (est (N,), (logw, lse, lse64));
     fastvae/_compose.py::iwae_forward over fastvae/cpu/logsumexp.py."""
     return _compose.iwae_forward(logsumexp, logw)
 

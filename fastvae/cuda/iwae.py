@@ -5,7 +5,7 @@ launchers of kernels/iwae.cu (and of kernels/logsumexp.cu for the estimate).
     log_weight:  logw_nk = log p(x_n | z_nk) + log p(z_nk) - log q(z_nk | x_n)
 
 Same public names, signatures and caches as fastvae/cpu/iwae.py: ``iwae_forward(logw) -> (est,
-(logw, lse))``, ``iwae_backward(dest, cache) -> dlogw``, ``log_weight_forward(x, dec_out, mu,
+(logw, lse, lse64))``, ``iwae_backward(dest, cache) -> dlogw``, ``log_weight_forward(x, dec_out, mu,
 logvar, eps, likelihood, dec_logvar) -> (logw, (x, dec_out, mu, sigma, eps, inv_var, gaussian))``
 (sigma float64 (N, L), inv_var (D,) in the dtype), ``log_weight_backward(dlogw, cache) ->
 (ddec_out, dmu, dlogvar[, ddec_logvar])``. Everything stays on the device: the Gaussian constant
@@ -36,7 +36,7 @@ PAIRS_PER_BLOCK = 16
 # iwae estimate
 # ---------------------------------------------------------------------------------------------
 def iwae_forward(logw):
-    """``est_n = logsumexp_k(logw_nk) - log K``: logw (N, K) -> (est (N,), (logw, lse));
+    """``est_n = logsumexp_k(logw_nk) - log K``: logw (N, K) -> (est (N,), (logw, lse, lse64));
     fastvae/_compose.py::iwae_forward over fastvae/cuda/logsumexp.py."""
     return _compose.iwae_forward(logsumexp, logw)
 

@@ -3,7 +3,8 @@ kernels/logsumexp.cu.
 
 Same public names, signatures, special values and caches as fastvae/cpu/logsumexp.py:
 ``logsumexp_partial(a) -> (m, s)``, ``logsumexp_merge(m1, s1, m2, s2) -> (m, s)``,
-``logsumexp_finalize(m, s) -> lse``, ``logsumexp_forward(a) -> (lse, (a, lse))``,
+``logsumexp_finalize(m, s) -> lse``, ``logsumexp_forward(a) -> (lse, (a, lse, lse64))`` (lse64
+(N,) float64: the unrounded m + log s, which the backward's softmax uses),
 ``logsumexp_backward(dlse, cache) -> da``. Inputs are C-contiguous CuPy arrays of one float dtype
 (fastvae.ops validates); the tests run this file unchanged on NumPy arrays through the host harness.
 
@@ -69,25 +70,28 @@ def logsumexp_finalize(m, s):
 
 
 def logsumexp_forward(a):
-    """``lse_n = log sum_k exp(a_nk)``: a (N, K) -> (lse (N,), cache), ``cache = (a, lse)``."""
+    """``lse_n = log sum_k exp(a_nk)``: a (N, K) -> (lse (N,), cache), ``cache = (a, lse,
+    lse64)``, lse64 (N,) float64 the unrounded m + log s (lse is lse64 rounded once to the
+    dtype), which the backward uses."""
     xp = array_module(a)
     n, k = a.shape
     lse = xp.empty(n, dtype=a.dtype)
+    lse64 = xp.empty(n, dtype=np.float64)
     if n:
         kernel("logsumexp", f"logsumexp_forward_kernel_{dtype_suffix(a.dtype)}")(
-            (_row_blocks(n),), (THREADS_PER_BLOCK,), (lse, a, np.int32(n), np.int64(k)))
-    return lse, (a, lse)
+            (_row_blocks(n),), (THREADS_PER_BLOCK,), (lse, lse64, a, np.int32(n), np.int64(k)))
+    return lse, (a, lse, lse64)
 
 
 def logsumexp_backward(dlse, cache):
     """``da_nk = dlse_n softmax(a_n)_k`` (N, K), 0 on an all -inf row; a new array (overwrites
-    nothing)."""
-    a, lse = cache
+    nothing). ``exp(a - lse64)``, with ``a - lse64`` rounded once to the dtype."""
+    a, _, lse64 = cache
     xp = array_module(a)
     n, k = a.shape
     da = xp.empty_like(a)
     if n * k:
         kernel("logsumexp", f"logsumexp_backward_kernel_{dtype_suffix(a.dtype)}")(
             (_elementwise_blocks(n * k),), (THREADS_PER_BLOCK,),
-            (da, dlse, a, lse, np.int64(n), np.int64(k)))
+            (da, dlse, a, lse64, np.int64(n), np.int64(k)))
     return da

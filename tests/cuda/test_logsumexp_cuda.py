@@ -58,6 +58,8 @@ def test_forward_partial_backward_match_reference(host_cuda, shape, dtype):
     _check(lse_cuda.logsumexp_partial(ad), ref.logsumexp_partial, (a,), dtype, "partial")
     lse, cache = lse_cuda.logsumexp_forward(ad)
     assert cache[0] is ad and cache[1] is lse
+    assert cache[2].dtype == np.float64 and cache[2].shape == lse.shape
+    np.testing.assert_array_equal(cache[2].astype(dtype), lse)   # lse: lse64 rounded once
     _check((lse,), lambda x: ref.logsumexp_forward(x)[0], (a,), dtype, "forward")
     da = lse_cuda.logsumexp_backward(dlse.astype(dtype), cache)
     # the backward alone: the same (a, lse) in the reference's cache, both already in dtype
@@ -104,6 +106,33 @@ def test_streaming_chunks_merge_to_forward(host_cuda, dtype):
         _check((lse,), lambda v: ref.logsumexp_forward(v)[0], (a,), dtype, "streamed")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(5, 7), (4, 300)])
+def test_backward_at_large_lse_within_three_way_of_autograd(host_cuda, shape, dtype):
+    """|lse| ~ 500 and 5000: the softmax exp(a - lse64) with the forward's double lse, within the
+    plain three-way tolerance of autograd's exp(a - max) / sum (the float32 lse in exp(a - lse)
+    cost 3e-5 relative per weight, 5e-4 at 5000: 1.5e-5 errors against a tolerance ~1e-6).
+    Float32 inputs (held in float64): the float64 reference sees the same values."""
+    rng = np.random.default_rng(shape[1])
+    n, k = shape
+    offset = np.where(np.arange(n) % 2 == 0, 500.0, -500.0)
+    offset[-1] = -5000.0
+    a = (rng.standard_normal(shape) * 3 + offset[:, None]).astype(np.float32).astype(np.float64)
+    dlse = rng.standard_normal(n).astype(np.float32).astype(np.float64)
+
+    def autograd(d, x):
+        e = np.exp(x - x.max(axis=1, keepdims=True))
+        return d[:, None] * (e / e.sum(axis=1, keepdims=True))
+    lse, cache = lse_cuda.logsumexp_forward(a.astype(dtype))
+    da = lse_cuda.logsumexp_backward(dlse.astype(dtype), cache)
+    r32, r64 = autograd(dlse.astype(dtype), a.astype(dtype)), autograd(dlse, a)
+    # float64: exp(a - lse64) keeps ulp(|lse|) of float64 (1e-13 at 5000) relative per weight
+    atol = {np.float32: 1e-6, np.float64: 1e-12}[dtype] * max(1.0, float(np.abs(r64).max()))
+    assert da.dtype == dtype
+    assert_close3(da, r32 if dtype == np.float32 else r64, r64, atol=atol,
+                  name=f"da {np.dtype(dtype).name}")
+
+
 def test_inputs_read_only_and_empty(host_cuda):
     a = _logits((3, 31), 5).astype(np.float32)
     a_copy = a.copy()
@@ -115,7 +144,8 @@ def test_inputs_read_only_and_empty(host_cuda):
     np.testing.assert_array_equal(lse, lse_copy)
     e = np.zeros((0, 5), np.float32)
     assert lse_cuda.logsumexp_forward(e)[0].shape == (0,)
-    assert lse_cuda.logsumexp_backward(np.zeros(0, np.float32), (e, np.zeros(0, np.float32))).shape == (0, 5)
+    empty_cache = (e, np.zeros(0, np.float32), np.zeros(0, np.float64))
+    assert lse_cuda.logsumexp_backward(np.zeros(0, np.float32), empty_cache).shape == (0, 5)
 
 
 @pytest.mark.gpu
