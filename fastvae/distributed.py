@@ -190,7 +190,11 @@ def log_likelihood(model, data, K=5000, seed=None, max_pairs=DEFAULT_MAX_PAIRS, 
     x = _as_dask_rows(model, data, align, _rows_per_task(data, K, align, client, chunk_rows))
     target = None if out is None else _out_target(out, x.shape[0])
     spec = ModelSpec.of(model) if isinstance(model, VAE) else model
-    spec = client.scatter(spec, broadcast=True, hash=True) if client is not None else \
+    # hash=True names the data by its content, so a lazy result's graph is the same for the same
+    # model. stats=True computes at once and scatters under a fresh key: re-scattering a content
+    # key that an earlier call's future is just releasing lost the data ("lost dependencies",
+    # seen in CI when a test evaluated the same model twice in a row).
+    spec = client.scatter(spec, broadcast=True, hash=not stats) if client is not None else \
         dask.delayed(spec, pure=True)
     if stats:
         estimate = _stats(x, spec, K, seed, max_pairs, client, target)
