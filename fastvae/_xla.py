@@ -1,0 +1,703 @@
+"""fastvae's CPU kernels as XLA custom calls (jax.ffi), without a Python callback.
+
+JAX-traceable primal ops, drop-in replacements for fastvae/jax.py's ``_callback(host_fn, ...)``
+calls (they work under ``jax.jit`` and ``jax.vmap``, sequentially; ``jax.grad`` goes through
+fastvae/jax.py's custom_vjp, which only needs the primals):
+
+- ``elbo_loss_and_grads(beta, x, dec_out, mu, logvar[, dec_logvar], likelihood=...)``
+  -> (loss 0-d, ddec_out, dmu, dlogvar[, ddec_logvar]): the numbers of
+  ``fastvae.ops.elbo_loss_and_grads`` on the same inputs, bit for bit (the same Numba tile loop,
+  NumPy's pairwise summation of the per-row ELBO, NumPy's own float64 exp for the Gaussian
+  ``exp(-dec_logvar)``).
+- ``elbo_forward(beta, x, dec_out, mu, logvar[, dec_logvar], likelihood=...)`` -> per-row ELBO
+  (N,), as ``fastvae.ops.elbo_forward``.
+- ``elbo_loss(beta, ...)`` -> 0-d ``-mean_n elbo_n`` as fastvae/jax.py's ``host_loss`` computes
+  it (NumPy's float64 mean of the rounded rows).
+
+All inputs of one float dtype (float32, or float64 under ``jax_enable_x64``); beta a 0-d array of
+that dtype (traced or not). The shapes are checked by the caller (fastvae/jax.py does it at trace
+time); a negative or non-finite beta and any error the kernel raises come back as an XLA error
+carrying fastvae.ops's message (``jax.errors.JaxRuntimeError``), never a crash.
+
+Routes (``route()`` says which one is in use; ``FASTVAE_XLA_ROUTE`` forces one):
+- ``"ffi-numba"`` (default): fastvae/xla/fastvae_ffi.cc, compiled with the C++ compiler found
+  (``$CXX``, g++, c++, clang++) at first use against ``jax.ffi.include_dir()`` into
+  ``$FASTVAE_CACHE_DIR`` or ``~/.cache/fastvae/xla/<hash of source, jaxlib, compiler>``, and
+  registered as the custom call target ``fastvae_call``. Its handler runs a Numba ``@cfunc``
+  (compiled here, cached by Numba) that wraps XLA's buffers as arrays and calls fastvae's own
+  tile loop (fastvae/cpu/elbo.py): no GIL, no copy; the tiles run on XLA's intra-op threads
+  (``fastvae.num_threads()`` of them, read at trace time), claimed from one atomic counter as
+  fastvae's pool does, so the results are the same for any thread count.
+- ``"ffi-ctypes"``: the same handler calls a ctypes Python callback (takes the GIL) that runs
+  the tile loop on fastvae's own pool over zero-copy views of XLA's buffers.
+- ``"pure_callback"``: ``jax.pure_callback`` into fastvae.ops, when no compiler or no jax.ffi is
+  present or the build failed (``why()`` says why).
+"""
+import ctypes
+import hashlib
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+
+import numpy as np
+
+import jax
+import jax.numpy as jnp
+
+from . import ops
+from ._threads import num_threads, run_tiles
+from .cpu import elbo as E
+from .cpu import loglik
+from .cpu._atomic import fetch_add
+from .cpu._numba import jit
+from .cpu.elbo import ROW_TILE
+from .cpu.kl import kl_row
+from .cpu.loglik import row_blocks
+
+__all__ = ["route", "why", "available_routes", "elbo_loss_and_grads", "elbo_forward",
+           "elbo_loss", "elbo_loss_with_route"]
+
+TARGET = "fastvae_call"
+ROUTES = ("ffi-numba", "ffi-ctypes", "pure_callback")
+_SOURCE = pathlib.Path(__file__).parent / "xla" / "fastvae_ffi.cc"
+_FLAGS = [  # changing these rebuilds the shim (they are in the cache key)
+    "-O2", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", "-fno-fast-math", "-w"]
+
+_lock = threading.RLock()
+_state = {}          # "lib": ctypes.CDLL | None, "why": str, "registered": bool
+_keep_alive = []     # ctypes callbacks and cfuncs the shim points at
+last_error = [None]  # the exception fastvae.ops raised for the latest failed kernel call
+_error_hook = [None]
+
+
+def set_error_hook(fn):
+    """``fn(exception)`` is called (on XLA's thread, with the GIL) with the exception
+    fastvae.ops raised for each failed kernel call, before the call fails with its message:
+    fastvae/jax.py's ``_surface_host_errors`` re-raises it for eager callers."""
+    _error_hook[0] = fn
+
+
+# ---------------------------------------------------------------------------------------------
+# building and loading the shim
+# ---------------------------------------------------------------------------------------------
+def _compiler():
+    for name in [os.environ.get("CXX"), "g++", "c++", "clang++"]:
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _cache_dir():
+    base = os.environ.get("FASTVAE_CACHE_DIR")
+    if base:
+        return pathlib.Path(base) / "xla"
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return pathlib.Path(xdg) / "fastvae" / "xla"
+
+
+def _build():
+    """-> path of the compiled shim (built if not cached), or raise OSError/RuntimeError."""
+    import jaxlib
+    cxx = _compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler found ($CXX, g++, c++, clang++)")
+    include = jax.ffi.include_dir()
+    source = _SOURCE.read_bytes()
+    key = hashlib.sha256(b"\0".join([source, jaxlib.__version__.encode(), include.encode(),
+                                     cxx.encode(), " ".join(_FLAGS).encode(),
+                                     sys.platform.encode()])).hexdigest()[:24]
+    target = _cache_dir() / key / "fastvae_ffi.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        cmd = [cxx, *_FLAGS, "-I", include, str(_SOURCE), "-o", tmp]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+        os.replace(tmp, target)      # atomic: concurrent builders each install a whole file
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _load():
+    """The loaded, registered shim, or None (``_state["why"]`` says why)."""
+    with _lock:
+        if "lib" in _state:
+            return _state["lib"]
+        lib = None
+        try:
+            if os.environ.get("FASTVAE_XLA_ROUTE", "") == "pure_callback":
+                raise RuntimeError("FASTVAE_XLA_ROUTE=pure_callback")
+            if not hasattr(jax, "ffi") or not hasattr(jax.ffi, "ffi_call"):
+                raise RuntimeError(f"jax {jax.__version__} has no jax.ffi")
+            lib = ctypes.CDLL(str(_build()))
+            if lib.fv_abi_version() != 1:
+                raise RuntimeError("stale shim (ABI version)")
+            lib.fv_set_kernel.argtypes = [ctypes.c_int64, ctypes.c_void_p]
+            lib.fv_set_kernel.restype = ctypes.c_int64
+            lib.fv_set_exp_loop.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+            lib.fv_set_explain.argtypes = [ctypes.c_void_p]
+            jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.FastvaeCall),
+                                        platform="cpu")
+            _install_numpy_exp(lib)
+            explain = _EXPLAIN(_explain)
+            _keep_alive.append(explain)
+            lib.fv_set_explain(ctypes.cast(explain, ctypes.c_void_p))
+            _state["why"] = ""
+        except Exception as e:       # noqa: BLE001: any failure means the fallback route
+            lib = None
+            _state["why"] = f"{type(e).__name__}: {e}"
+        _state["lib"] = lib
+        return lib
+
+
+def _install_numpy_exp(lib):
+    """Hand the shim NumPy's own float64 exp loop (the Gaussian inv_var = exp(-dec_logvar) of
+    fastvae/cpu/loglik.py is np.exp: its SIMD loop differs from libm's exp in the last bit), if
+    it gives np.exp's bits here; else the shim uses std::exp."""
+    class _UFunc(ctypes.Structure):      # the public head of PyUFuncObject (ufuncobject.h)
+        _fields_ = [("ob_refcnt", ctypes.c_ssize_t), ("ob_type", ctypes.c_void_p),
+                    ("nin", ctypes.c_int), ("nout", ctypes.c_int), ("nargs", ctypes.c_int),
+                    ("identity", ctypes.c_int), ("functions", ctypes.POINTER(ctypes.c_void_p)),
+                    ("data", ctypes.POINTER(ctypes.c_void_p)), ("ntypes", ctypes.c_int)]
+    try:
+        u = _UFunc.from_address(id(np.exp))
+        if u.nin != 1 or u.nout != 1 or u.ntypes != np.exp.ntypes:
+            return
+        i = np.exp.types.index("d->d")
+        loop, data = u.functions[i], u.data[i]
+        probe = np.random.default_rng(0).normal(0, 3, 4096)
+        out = np.empty_like(probe)
+        _UFUNC_LOOP(loop)((ctypes.c_char_p * 2)(probe.ctypes.data, out.ctypes.data),
+                          (ctypes.c_ssize_t * 1)(probe.size), (ctypes.c_ssize_t * 2)(8, 8), data)
+        if np.array_equal(out.view(np.int64), np.exp(probe).view(np.int64)):
+            lib.fv_set_exp_loop(loop, data)
+    except Exception:     # noqa: BLE001: std::exp then (last-bit differences in inv_var)
+        pass
+
+
+_UFUNC_LOOP = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                               ctypes.c_void_p)
+
+
+def route():
+    """The route the ops of this module take: "ffi-numba", "ffi-ctypes" or "pure_callback"."""
+    forced = os.environ.get("FASTVAE_XLA_ROUTE", "")
+    if forced == "pure_callback" or _load() is None:
+        return "pure_callback"
+    return "ffi-ctypes" if forced == "ffi-ctypes" else "ffi-numba"
+
+
+def why():
+    """Why the route is pure_callback ("" when an FFI route works)."""
+    _load()
+    return _state["why"]
+
+
+def available_routes():
+    return (["ffi-numba", "ffi-ctypes"] if _load() is not None else []) + ["pure_callback"]
+
+
+# ---------------------------------------------------------------------------------------------
+# kernels: Numba cfuncs (route ffi-numba) and ctypes callbacks (route ffi-ctypes)
+# ---------------------------------------------------------------------------------------------
+# A kernel id per (op, likelihood, dtype, route); _SPECS[id] = (op, likelihood, dtype).
+_SPECS = {}
+_IDS = {}
+
+
+def _kernel_id(op, likelihood, dtype, route_name):
+    op = "forward" if op == "mean" else op     # the mean runs the forward's tile loop
+    key = (op, likelihood, np.dtype(dtype).name, route_name)
+    with _lock:
+        if key in _IDS:
+            return _IDS[key]
+        lib = _load()
+        kid = len(_SPECS)
+        fn = (_make_cfunc if route_name == "ffi-numba" else _make_ctypes)(op, likelihood,
+                                                                         np.dtype(dtype))
+        _keep_alive.append(fn)
+        address = fn.address if route_name == "ffi-numba" else ctypes.cast(fn, ctypes.c_void_p)
+        if lib.fv_set_kernel(kid, address) != 0:
+            raise RuntimeError("fastvae_call: kernel table full")
+        _SPECS[kid] = key[:3]
+        _IDS[key] = kid
+        return kid
+
+
+def _tiles(op, likelihood, n):
+    if op == "loss" and likelihood == "gaussian":
+        return row_blocks(n)
+    return -(-n // ROW_TILE)
+
+
+def _finish(op, likelihood, reduction="mean"):
+    # fastvae/xla/fastvae_ffi.cc's flags: 1 loss sum, 2 ddec_logvar, 4 inv_var, 8 mean,
+    # 16 sum instead of mean, 32 the Bernoulli x check's flags
+    gaussian = likelihood == "gaussian"
+    flags = {"loss": 7 if gaussian else 1, "forward": 4 if gaussian else 0,
+             "mean": 12 if gaussian else 8}[op]
+    if not gaussian and _numba_parts()["checked"]:
+        flags |= 32
+    return flags | (16 if reduction == "sum" else 0)
+
+
+_compiled = {}
+
+
+def _numba_parts():
+    """The Numba pieces, imported (and compiled or loaded from Numba's cache) once."""
+    if not _compiled:
+        import numba
+        from numba import types
+
+        import inspect
+
+
+        # the kernels flag rows with an x outside [0, 1] (fastvae/cpu/elbo.py::refuse_bad_x)
+        checked = "bad" in inspect.signature(
+            E.elbo_bernoulli_loss_grads_tiles.py_func).parameters
+        gaussian_loglik_row = loglik.gaussian_loglik_row
+        if checked:
+            bernoulli_row = loglik.bernoulli_loglik_row_checked
+        else:
+            plain_row = loglik.bernoulli_loglik_row
+
+            @jit
+            def bernoulli_row(x_row, logit_row):
+                return plain_row(x_row, logit_row), False
+
+        @jit
+        def forward_bernoulli_tiles(counter, n_tiles, elbo, bad, x, logits, mu, logvar, beta,
+                                    rows):
+            # fastvae/cpu/elbo.py::elbo_bernoulli_forward_kernel, by tiles of `rows` rows; a
+            # Phase's work (fastvae/_threads.py): counter [claimed, done], True in the thread
+            # that completed the last tile
+            last = False
+            while True:
+                t = fetch_add(counter, 0, 1)
+                if t >= n_tiles:
+                    return last
+                for n in range(t * rows, min(x.shape[0], (t + 1) * rows)):
+                    ll, bad[n] = bernoulli_row(x[n], logits[n])
+                    elbo[n] = ll - beta * kl_row(mu[n], logvar[n])
+                last = fetch_add(counter, 1, 1) == n_tiles - 1
+
+        @jit
+        def forward_gaussian_tiles(counter, n_tiles, elbo, x, mean, mu, logvar, dec_logvar,
+                                   inv_var, beta, rows):
+            # fastvae/cpu/elbo.py::elbo_gaussian_forward_kernel, by tiles of `rows` rows
+            last = False
+            while True:
+                t = fetch_add(counter, 0, 1)
+                if t >= n_tiles:
+                    return last
+                for n in range(t * rows, min(x.shape[0], (t + 1) * rows)):
+                    elbo[n] = (gaussian_loglik_row(x[n], mean[n], dec_logvar, inv_var)
+                               - beta * kl_row(mu[n], logvar[n]))
+                last = fetch_add(counter, 1, 1) == n_tiles - 1
+
+        _compiled.update(numba=numba, types=types, E=E, checked=checked,
+                         forward_bernoulli_tiles=forward_bernoulli_tiles,
+                         forward_gaussian_tiles=forward_gaussian_tiles)
+    return _compiled
+
+
+def _good_beta(beta):
+    return beta >= 0.0 and beta < np.inf
+
+
+def _make_cfunc(op, likelihood, dtype):
+    """A Numba cfunc ``int64(void** bufs, int64* dims, int64* counter)`` running the op's tile
+    loop over XLA's buffers (layout: fastvae/xla/fastvae_ffi.cc). 0 ok, 1 the kernel raised, 2
+    a bad beta."""
+    P = _numba_parts()
+    numba, types, E = P["numba"], P["types"], P["E"]
+    carray = numba.carray
+    sig = types.int64(types.CPointer(types.voidptr), types.CPointer(types.int64),
+                      types.CPointer(types.int64))
+    rows = E.ROW_TILE
+    good_beta = numba.njit(_good_beta)
+    checked = P["checked"]
+    if op == "loss" and likelihood == "bernoulli" and P["checked"]:
+        tiles = E.elbo_bernoulli_loss_grads_tiles
+
+        def body(bufs, dims, counter):
+            n, d, l = dims[4], dims[5], dims[13]
+            beta = np.float64(carray(bufs[0], (1,), dtype)[0])
+            if not good_beta(beta):
+                return 2
+            x, dec = carray(bufs[1], (n, d), dtype), carray(bufs[2], (n, d), dtype)
+            mu, lv = carray(bufs[3], (n, l), dtype), carray(bufs[4], (n, l), dtype)
+            ddec = carray(bufs[6], (n, d), dtype)
+            dmu, dlv = carray(bufs[7], (n, l), dtype), carray(bufs[8], (n, l), dtype)
+            elbo = carray(bufs[16], (n,), np.float64)
+            bad = carray(bufs[19], (n,), np.bool_)
+            try:
+                tiles(carray(counter, (2,)), -(-n // rows), elbo, bad, ddec, dmu, dlv, x, dec, mu,
+                      lv, -1.0 / n, beta, rows)
+            except Exception:   # noqa: BLE001
+                return 1
+            return 0
+    elif op == "loss" and likelihood == "bernoulli":
+        tiles = E.elbo_bernoulli_loss_grads_tiles
+
+        def body(bufs, dims, counter):
+            n, d, l = dims[4], dims[5], dims[13]
+            beta = np.float64(carray(bufs[0], (1,), dtype)[0])
+            if not good_beta(beta):
+                return 2
+            x, dec = carray(bufs[1], (n, d), dtype), carray(bufs[2], (n, d), dtype)
+            mu, lv = carray(bufs[3], (n, l), dtype), carray(bufs[4], (n, l), dtype)
+            ddec = carray(bufs[6], (n, d), dtype)
+            dmu, dlv = carray(bufs[7], (n, l), dtype), carray(bufs[8], (n, l), dtype)
+            elbo = carray(bufs[16], (n,), np.float64)
+            try:
+                tiles(carray(counter, (2,)), -(-n // rows), elbo, ddec, dmu, dlv, x, dec, mu, lv,
+                      -1.0 / n, beta, rows)
+            except Exception:   # noqa: BLE001
+                return 1
+            return 0
+    elif op == "loss":
+        tiles = E.elbo_gaussian_loss_grads_tiles
+
+        def body(bufs, dims, counter):
+            n, d, l, b = dims[4], dims[5], dims[13], dims[68]
+            beta = np.float64(carray(bufs[0], (1,), dtype)[0])
+            if not good_beta(beta):
+                return 2
+            x, mean = carray(bufs[1], (n, d), dtype), carray(bufs[2], (n, d), dtype)
+            mu, lv = carray(bufs[3], (n, l), dtype), carray(bufs[4], (n, l), dtype)
+            dec_lv = carray(bufs[5], (d,), dtype)
+            dmean = carray(bufs[7], (n, d), dtype)
+            dmu, dlv = carray(bufs[8], (n, l), dtype), carray(bufs[9], (n, l), dtype)
+            elbo = carray(bufs[16], (n,), np.float64)
+            partial = carray(bufs[17], (b, d), np.float64)
+            inv_var = carray(bufs[18], (d,), np.float64)
+            try:
+                tiles(carray(counter, (2,)), b, elbo, dmean, partial, dmu, dlv, x, mean, mu, lv,
+                      dec_lv, inv_var, -1.0 / n, beta)
+            except Exception:   # noqa: BLE001
+                return 1
+            return 0
+    elif likelihood == "bernoulli":
+        tiles = P["forward_bernoulli_tiles"]
+
+        def body(bufs, dims, counter):
+            n, d, l = dims[4], dims[5], dims[13]
+            beta = np.float64(carray(bufs[0], (1,), dtype)[0])
+            if not good_beta(beta):
+                return 2
+            x, dec = carray(bufs[1], (n, d), dtype), carray(bufs[2], (n, d), dtype)
+            mu, lv = carray(bufs[3], (n, l), dtype), carray(bufs[4], (n, l), dtype)
+            elbo = carray(bufs[5], (n,), dtype)
+            bad = carray(bufs[19], (n,), np.bool_) if checked else np.zeros(n, np.bool_)
+            try:
+                tiles(carray(counter, (2,)), -(-n // rows), elbo, bad, x, dec, mu, lv, beta,
+                      rows)
+            except Exception:   # noqa: BLE001
+                return 1
+            return 0
+    else:
+        tiles = P["forward_gaussian_tiles"]
+
+        def body(bufs, dims, counter):
+            n, d, l = dims[4], dims[5], dims[13]
+            beta = np.float64(carray(bufs[0], (1,), dtype)[0])
+            if not good_beta(beta):
+                return 2
+            x, mean = carray(bufs[1], (n, d), dtype), carray(bufs[2], (n, d), dtype)
+            mu, lv = carray(bufs[3], (n, l), dtype), carray(bufs[4], (n, l), dtype)
+            dec_lv = carray(bufs[5], (d,), dtype)
+            elbo = carray(bufs[6], (n,), dtype)
+            inv_var = carray(bufs[18], (d,), np.float64)
+            try:
+                tiles(carray(counter, (2,)), -(-n // rows), elbo, x, mean, mu, lv, dec_lv,
+                      inv_var, beta, rows)
+            except Exception:   # noqa: BLE001
+                return 1
+            return 0
+    return numba.cfunc(sig, nopython=True)(body)   # closures: not cached by Numba (~0.6 s)
+
+
+_TILE_LOOP = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.POINTER(ctypes.c_void_p),
+                              ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int64))
+_EXPLAIN = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64, ctypes.POINTER(ctypes.c_void_p),
+                            ctypes.POINTER(ctypes.c_int64), ctypes.c_int64, ctypes.c_void_p,
+                            ctypes.c_int64)
+
+
+def _view(address, shape, dtype):
+    """A NumPy array over ``size`` elements at ``address`` (no copy)."""
+    count = int(np.prod(shape))
+    buf = (ctypes.c_char * (count * dtype.itemsize)).from_address(address)
+    return np.frombuffer(buf, dtype=dtype, count=count).reshape(shape)
+
+
+def _views(kid_or_spec, bufs, dims, n_bufs):
+    """(inputs, outputs) of one call as NumPy views: shapes from dims, dtypes from the spec."""
+    op, likelihood, dtype = kid_or_spec
+    dtype = np.dtype(dtype)
+    n_in = 6 if likelihood == "gaussian" else 5
+    n_out = (5 if likelihood == "gaussian" else 4) if op == "loss" else 1
+    arrays = []
+    for i in range(n_in + n_out):   # every dimension is >= 1: the shape ends at the first 0
+        shape = tuple(dims[4 * i + j] for j in range(4))
+        shape = shape[:shape.index(0)] if 0 in shape else shape
+        arrays.append(_view(bufs[i], shape, dtype))
+    return arrays[:n_in], arrays[n_in:]
+
+
+def _make_ctypes(op, likelihood, dtype):
+    """Route ffi-ctypes: a ctypes callback (takes the GIL) that runs the same tile loop as the
+    cfunc on fastvae's own pool (fastvae/_threads.py) over zero-copy views of XLA's buffers and
+    of the shim's scratch (the shim then finishes the call as for the cfunc)."""
+    P = _numba_parts()
+    E, checked = P["E"], P["checked"]
+    spec = (op, likelihood, dtype.name)
+    cached = {}
+
+    def tile_loop(bufs, dims, counter):
+        try:
+            key = tuple(bufs[i] for i in range(20)) + tuple(dims[i] for i in range(80))
+            views = cached.get(key)     # XLA reuses its buffers: views of the same memory
+            if views is None:
+                if len(cached) > 64:
+                    cached.clear()
+                ins, outs = _views(spec, bufs, dims, 16)
+                n, d = ins[1].shape
+                scratch = [_view(bufs[16], (n,), np.dtype(np.float64)) if bufs[16] else None,
+                           _view(bufs[17], (dims[68], d), np.dtype(np.float64))
+                           if bufs[17] else None,
+                           _view(bufs[18], (d,), np.dtype(np.float64)) if bufs[18] else None,
+                           _view(bufs[19], (n,), np.dtype(np.bool_)) if bufs[19] else None]
+                views = cached[key] = (ins, outs, scratch)
+            ins, outs, (elbo, partial, inv_var, bad) = views
+            beta = float(ins[0])
+            if not _good_beta(beta):
+                return 2
+            x, dec, mu, lv = ins[1:5]
+            n, rows = x.shape[0], E.ROW_TILE
+            if op == "loss" and likelihood == "bernoulli":
+                run_tiles(-(-n // rows), E.elbo_bernoulli_loss_grads_tiles, elbo,
+                          *([bad] if checked else []), outs[1], outs[2], outs[3], x, dec, mu, lv,
+                          -1.0 / n, beta, rows)
+            elif op == "loss":
+                run_tiles(partial.shape[0], E.elbo_gaussian_loss_grads_tiles, elbo, outs[1],
+                          partial, outs[2], outs[3], x, dec, mu, lv, ins[5], inv_var, -1.0 / n,
+                          beta)
+            elif likelihood == "bernoulli":
+                run_tiles(-(-n // rows), P["forward_bernoulli_tiles"], outs[0],
+                          bad if checked else np.zeros(n, np.bool_), x, dec, mu, lv, beta, rows)
+            else:
+                run_tiles(-(-n // rows), P["forward_gaussian_tiles"], outs[0], x, dec, mu, lv,
+                          ins[5], inv_var, beta, rows)
+            return 0
+        except Exception:   # noqa: BLE001: the explainer reruns fastvae.ops for the message
+            return 1
+    return _TILE_LOOP(tile_loop)
+
+
+def _explain(kid, bufs, dims, n_bufs, message, size):
+    """The message of the error fastvae.ops raises on the inputs of a failed call."""
+    try:
+        op, likelihood, dtype = _SPECS[kid]
+        ins, _ = _views((op, likelihood, dtype), bufs, dims, n_bufs)
+        kwargs = dict(likelihood=likelihood, dec_logvar=ins[5] if likelihood == "gaussian"
+                      else None, beta=float(ins[0]))
+        text = "fastvae kernel failed, but fastvae.ops raised nothing on the same inputs"
+        try:
+            if op == "loss":
+                ops.elbo_loss_and_grads(*ins[1:5], **kwargs)
+            else:
+                ops.elbo_forward(*ins[1:5], **kwargs)
+        except Exception as e:   # noqa: BLE001
+            text = f"{type(e).__name__}: {e}"
+            last_error[0] = e
+            if _error_hook[0] is not None:
+                _error_hook[0](e)
+        data = text.encode("utf-8", "replace")[:size - 1] + b"\0"
+        ctypes.memmove(message, data, len(data))
+        return 0
+    except Exception:   # noqa: BLE001
+        return 1
+
+
+# ---------------------------------------------------------------------------------------------
+# the JAX ops
+# ---------------------------------------------------------------------------------------------
+def _threads():
+    return num_threads()
+
+
+def _ffi(route_name, op, likelihood, beta, arrays, out_types, reduction="mean"):
+    x = arrays[0]
+    n = x.shape[0]
+    kid = _kernel_id(op, likelihood, x.dtype, route_name)
+    call = jax.ffi.ffi_call(TARGET, out_types, vmap_method="sequential")
+    finish = _finish(op, likelihood, reduction)
+    return call(beta, *arrays, kernel=np.int64(kid), finish=np.int64(finish),
+                threads=np.int64(_threads() if route_name == "ffi-numba" else 1),
+                n_tiles=np.int64(_tiles(op, likelihood, n)))
+
+
+def _arrays(beta, x, dec_out, mu, logvar, dec_logvar, likelihood):
+    if likelihood not in ("bernoulli", "gaussian"):
+        raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")
+    if (likelihood == "gaussian") != (dec_logvar is not None):
+        raise ValueError("dec_logvar is given for (and only for) likelihood='gaussian'")
+    arrays = [jnp.asarray(a) for a in (x, dec_out, mu, logvar)]
+    if dec_logvar is not None:
+        arrays.append(jnp.asarray(dec_logvar))
+    dtype = arrays[0].dtype
+    if dtype not in (jnp.float32, jnp.float64) or any(a.dtype != dtype for a in arrays):
+        raise TypeError(f"all arrays must be of one float dtype (float32 or float64), got "
+                        f"{[str(a.dtype) for a in arrays]}")
+    beta = jnp.asarray(beta)
+    if beta.shape != ():
+        raise ValueError(f"beta must be 0-d, got shape {beta.shape}")
+    return beta.astype(dtype), arrays
+
+
+def _host_fallback(op, likelihood, beta, arrays, out_types):
+    """Route pure_callback: fastvae.ops through jax.pure_callback (fastvae/jax.py's way)."""
+
+    def on_host(beta, *host):
+        host = [np.asarray(a) for a in host]
+        kwargs = dict(likelihood=likelihood, dec_logvar=host[4] if len(host) > 4 else None,
+                      beta=float(beta))
+        if op == "loss":
+            loss, grads = ops.elbo_loss_and_grads(*host[:4], **kwargs)
+            return (np.asarray(loss, dtype=grads[0].dtype), *grads)
+        elbo, _ = ops.elbo_forward(*host[:4], **kwargs)
+        if op == "forward":
+            return elbo
+        return np.asarray(-np.mean(elbo, dtype=np.float64), dtype=elbo.dtype)
+    return jax.pure_callback(on_host, out_types, beta, *arrays, vmap_method="sequential")
+
+
+def _dispatch(op, likelihood, beta, arrays, out_types, route_name=None):
+    route_name = route_name or route()
+    if route_name == "pure_callback":
+        return _host_fallback(op, likelihood, beta, arrays, out_types)
+    return _ffi(route_name, op, likelihood, beta, arrays, out_types)
+
+
+def elbo_loss_and_grads(beta, x, dec_out, mu, logvar, dec_logvar=None, *,
+                        likelihood="bernoulli", route_name=None):
+    """-> (loss 0-d, ddec_out, dmu, dlogvar[, ddec_logvar]) of ``loss = -mean_n elbo_n``:
+    ``fastvae.ops.elbo_loss_and_grads`` as a JAX op (module docstring)."""
+    beta, arrays = _arrays(beta, x, dec_out, mu, logvar, dec_logvar, likelihood)
+    dtype = arrays[0].dtype
+    out_types = [jax.ShapeDtypeStruct((), dtype)] + [jax.ShapeDtypeStruct(a.shape, dtype)
+                                                      for a in arrays[1:]]
+    return tuple(_dispatch("loss", likelihood, beta, arrays, out_types, route_name))
+
+
+def elbo_forward(beta, x, dec_out, mu, logvar, dec_logvar=None, *, likelihood="bernoulli",
+                 route_name=None):
+    """-> per-row ELBO (N,): ``fastvae.ops.elbo_forward(...)[0]`` as a JAX op."""
+    beta, arrays = _arrays(beta, x, dec_out, mu, logvar, dec_logvar, likelihood)
+    out = jax.ShapeDtypeStruct((arrays[0].shape[0],), arrays[0].dtype)
+    if (route_name or route()) == "pure_callback":
+        return _host_fallback("forward", likelihood, beta, arrays, out)
+    return _ffi(route_name or route(), "forward", likelihood, beta, arrays, [out])[0]
+
+
+def elbo_loss(beta, x, dec_out, mu, logvar, dec_logvar=None, *, likelihood="bernoulli",
+              route_name=None):
+    """-> 0-d ``-mean_n elbo_n`` from the forward kernel alone, as fastvae/jax.py's host_loss:
+    ``-np.mean(elbo, dtype=np.float64)`` of the per-row ELBO (rounded to the dtype), rounded to
+    the dtype."""
+    beta, arrays = _arrays(beta, x, dec_out, mu, logvar, dec_logvar, likelihood)
+    n, dtype = arrays[0].shape[0], arrays[0].dtype
+    out_types = [jax.ShapeDtypeStruct((n,), dtype), jax.ShapeDtypeStruct((), dtype)]
+    if (route_name or route()) == "pure_callback":
+        return _host_fallback("mean", likelihood, beta, arrays, out_types[1])
+    return _ffi(route_name or route(), "mean", likelihood, beta, arrays, out_types)[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# fastvae.jax.elbo_loss's custom_vjp on a chosen route (for benchmarks/dev/jax_ffi.py)
+# ---------------------------------------------------------------------------------------------
+def elbo_loss_with_route(route_name, likelihood="bernoulli"):
+    """``fvj.elbo_loss``'s Bernoulli/Gaussian loss (x, dec_out, mu, logvar[, dec_logvar],
+    beta=1.0) with its forward run by ``elbo_loss_and_grads`` on ``route_name``: the
+    integration fastvae/jax.py would get, for measuring."""
+    @jax.custom_vjp
+    def loss_fn(beta, *arrays):
+        return elbo_loss_and_grads(beta, *arrays, likelihood=likelihood,
+                                   route_name=route_name)[0]
+
+    def forward(beta, *arrays):
+        loss, *grads = elbo_loss_and_grads(beta, *arrays, likelihood=likelihood,
+                                           route_name=route_name)
+        return loss, (grads, arrays[1:4])
+
+    def backward(residuals, dloss):
+        grads, (dec_out, mu, logvar) = residuals
+        dx = -grads[0] if likelihood == "gaussian" else -dec_out / dec_out.shape[0]
+        dbeta = 0.5 * jnp.mean(jnp.sum(mu * mu + jnp.expm1(logvar) - logvar, axis=1))
+        return (dbeta * dloss, dx * dloss, *(g * dloss for g in grads))
+
+    loss_fn.defvjp(forward, backward)
+
+    def elbo_loss_(x, dec_out, mu, logvar, dec_logvar=None, beta=1.0):
+        arrays = [x, dec_out, mu, logvar] + ([dec_logvar] if dec_logvar is not None else [])
+        return loss_fn(jnp.asarray(beta, x.dtype), *arrays)
+    return elbo_loss_
+
+
+# ---------------------------------------------------------------------------------------------
+# fastvae/jax.py's host indirection
+# ---------------------------------------------------------------------------------------------
+def callback(host_fn, shapes, *args, fallback):
+    """``fastvae.jax._callback(host_fn, shapes, *args)`` on an FFI route where one exists for
+    ``host_fn``, else ``fallback(host_fn, shapes, *args)`` (jax.pure_callback). -> a tuple of
+    arrays with ``shapes``: the numbers the host function gives, bit for bit.
+
+    Handled: a ``functools.partial`` binding ``likelihood`` (and optionally ``reduction``, "mean"
+    or "sum"; "none" for _host_elbo_loss) of fastvae/jax.py's ``_host_elbo_loss_and_grads``,
+    ``_host_elbo_loss`` and ``_host_elbo_forward``, args (beta, x, dec_out, mu, logvar[,
+    dec_logvar]) of one float dtype. Everything else (the per-row backward, iwae,
+    reparameterize) takes ``fallback``."""
+    route_name = route()
+    fn = getattr(host_fn, "func", host_fn)
+    kw = getattr(host_fn, "keywords", None) or {}
+    name = getattr(fn, "__name__", "")
+    likelihood, reduction = kw.get("likelihood"), kw.get("reduction", "mean")
+    ok = (route_name != "pure_callback" and likelihood in ("bernoulli", "gaussian")
+          and jax.default_backend() == "cpu"      # the target is registered for the CPU only
+          and set(kw) <= {"likelihood", "reduction"}
+          and len(args) == (6 if likelihood == "gaussian" else 5)
+          and all(getattr(a, "dtype", None) == args[1].dtype and getattr(a, "ndim", -1) >= 0
+                  for a in args)
+          and args[1].dtype in (jnp.float32, jnp.float64) and args[0].ndim == 0)
+    if not ok:
+        return fallback(host_fn, shapes, *args)
+    beta, arrays = args[0], list(args[1:])
+    n, dtype = arrays[0].shape[0], arrays[0].dtype
+    if name == "_host_elbo_loss_and_grads" and reduction in ("mean", "sum"):
+        out_types = [jax.ShapeDtypeStruct((), dtype)] + [jax.ShapeDtypeStruct(a.shape, dtype)
+                                                          for a in arrays[1:]]
+        loss, *grads = _ffi(route_name, "loss", likelihood, beta, arrays, out_types, reduction)
+        if reduction == "sum":           # as the host did: g * dtype.type(n), one rounding
+            grads = [g * jnp.asarray(n, dtype) for g in grads]
+        return (loss, *grads)
+    if name == "_host_elbo_forward" or (name == "_host_elbo_loss" and reduction == "none"):
+        rows = _ffi(route_name, "forward", likelihood, beta, arrays,
+                    [jax.ShapeDtypeStruct((n,), dtype)])[0]
+        return (rows,) if name == "_host_elbo_forward" else (-rows,)
+    if name == "_host_elbo_loss" and reduction in ("mean", "sum"):
+        out_types = [jax.ShapeDtypeStruct((n,), dtype), jax.ShapeDtypeStruct((), dtype)]
+        return (_ffi(route_name, "mean", likelihood, beta, arrays, out_types, reduction)[1],)
+    return fallback(host_fn, shapes, *args)
