@@ -13,6 +13,22 @@ fastvae/jax.py's custom_vjp, which only needs the primals):
   (N,), as ``fastvae.ops.elbo_forward``.
 - ``elbo_loss(beta, ...)`` -> 0-d ``-mean_n elbo_n`` as fastvae/jax.py's ``host_loss`` computes
   it (NumPy's float64 mean of the rounded rows).
+- ``iwae_loss_rows(x, dec_out, mu, logvar, eps[, dec_logvar], likelihood=...)`` -> (N,)
+  ``-(logsumexp_k logw_nk - log K)``, and ``iwae_loss_and_grads(dloss, x, ...)`` -> (rows, dlogw,
+  ddec_out, dmu, dlogvar[, ddec_logvar]): fastvae/jax.py's ``_host_iwae_loss`` and
+  ``_host_iwae_loss_and_grads`` (fastvae/cpu/iwae.py's log_weight_forward, the logsumexp and its
+  float64-lse softmax, log_weight_backward), bit for bit: one tile per row block of
+  log_weight_backward, each running its rows' pairs, logsumexp, softmax and backward rows; routes
+  ffi-numba and pure_callback only.
+
+- ``_host_z`` / ``_host_dlogvar`` of fastvae/jax.py (reparameterize, generated noise; seed and
+  offset as (2,) uint32 words) through ``callback``: fastvae/cpu/reparam.py's noise kernels by
+  the pieces of its parallel kernels; an offset out of range fails with fastvae.ops's message.
+
+Floating point: the handler runs in its caller's environment: XLA's CPU threads flush denormals
+(FTZ/DAZ), as they do for the pure_callback route's host calls, so the routes agree bit for bit;
+fastvae.ops called on a NumPy thread keeps denormals and differs from both where a value is
+denormal (tests/test_jax_xla.py::test_denormals_as_the_pure_callback_route).
 
 All inputs of one float dtype (float32, or float64 under ``jax_enable_x64``); beta a 0-d array of
 that dtype (traced or not). The shapes are checked by the caller (fastvae/jax.py does it at trace
@@ -25,8 +41,8 @@ Routes (``route()`` says which one is in use; ``FASTVAE_XLA_ROUTE`` forces one):
   ``$FASTVAE_CACHE_DIR`` or ``~/.cache/fastvae/xla/<hash of source, jaxlib, compiler>``, and
   registered as the custom call target ``fastvae_call``. Its handler runs a Numba ``@cfunc``
   (compiled here, cached by Numba) that wraps XLA's buffers as arrays and calls fastvae's own
-  tile loop (fastvae/cpu/elbo.py): no GIL, no copy; the tiles run on XLA's intra-op threads
-  (``fastvae.num_threads()`` of them, read at trace time), claimed from one atomic counter as
+  tile loop (fastvae/cpu/elbo.py, fastvae/cpu/iwae.py): no GIL, no copy; the tiles run on
+  XLA's intra-op threads (``fastvae.num_threads()`` of them, read at trace time), claimed from one atomic counter as
   fastvae's pool does, so the results are the same for any thread count.
 - ``"ffi-ctypes"``: the same handler calls a ctypes Python callback (takes the GIL) that runs
   the tile loop on fastvae's own pool over zero-copy views of XLA's buffers.
@@ -35,6 +51,7 @@ Routes (``route()`` says which one is in use; ``FASTVAE_XLA_ROUTE`` forces one):
 """
 import ctypes
 import hashlib
+import math
 import os
 import pathlib
 import shutil
@@ -54,9 +71,14 @@ from .cpu import elbo as E
 from .cpu import loglik
 from .cpu._atomic import fetch_add
 from .cpu._numba import jit
+from .cpu import iwae as I
+from .cpu import reparam as R
+from ._reference import INDEX_LIMIT
 from .cpu.elbo import ROW_TILE
 from .cpu.kl import kl_row
 from .cpu.loglik import row_blocks
+from .cpu.logsumexp import _lse_row, _softmax_row
+from ._reference import LOG_2PI
 
 __all__ = ["route", "why", "available_routes", "elbo_loss_and_grads", "elbo_forward",
            "elbo_loss", "elbo_loss_with_route"]
@@ -140,7 +162,7 @@ def _load():
             if not hasattr(jax, "ffi") or not hasattr(jax.ffi, "ffi_call"):
                 raise RuntimeError(f"jax {jax.__version__} has no jax.ffi")
             lib = ctypes.CDLL(str(_build()))
-            if lib.fv_abi_version() != 1:
+            if lib.fv_abi_version() != 2:
                 raise RuntimeError("stale shim (ABI version)")
             lib.fv_set_kernel.argtypes = [ctypes.c_int64, ctypes.c_void_p]
             lib.fv_set_kernel.restype = ctypes.c_int64
@@ -234,7 +256,16 @@ def _kernel_id(op, likelihood, dtype, route_name):
         return kid
 
 
+def _iwae_blocks(n):
+    # fastvae/cpu/iwae.py::log_weight_backward's row blocks (its ddec_logvar partial rows)
+    return max(1, min(I.MAX_BLOCKS, -(-n // I.ROWS_PER_BLOCK)))
+
+
 def _tiles(op, likelihood, n):
+    if op in IWAE_OPS:
+        return _iwae_blocks(n)
+    if op in REPARAM_OPS:          # n: the element count
+        return max(1, -(-n // R.PARALLEL_PIECE))
     if op == "loss" and likelihood == "gaussian":
         return row_blocks(n)
     return -(-n // ROW_TILE)
@@ -244,9 +275,14 @@ def _finish(op, likelihood, reduction="mean"):
     # fastvae/xla/fastvae_ffi.cc's flags: 1 loss sum, 2 ddec_logvar, 4 inv_var, 8 mean,
     # 16 sum instead of mean, 32 the Bernoulli x check's flags
     gaussian = likelihood == "gaussian"
+    if op in REPARAM_OPS:
+        return 0
+    if op in IWAE_OPS:     # 64 the IWAE layout, 128 a cotangent input first
+        return {"iwae_loss": 64, "iwae_grads": 192}[op] | ((6 if op == "iwae_grads" else 4)
+                                                           if gaussian else 0)
     flags = {"loss": 7 if gaussian else 1, "forward": 4 if gaussian else 0,
              "mean": 12 if gaussian else 8}[op]
-    if not gaussian and _numba_parts()["checked"]:
+    if not gaussian:
         flags |= 32
     return flags | (16 if reduction == "sum" else 0)
 
@@ -260,21 +296,9 @@ def _numba_parts():
         import numba
         from numba import types
 
-        import inspect
-
-
         # the kernels flag rows with an x outside [0, 1] (fastvae/cpu/elbo.py::refuse_bad_x)
-        checked = "bad" in inspect.signature(
-            E.elbo_bernoulli_loss_grads_tiles.py_func).parameters
         gaussian_loglik_row = loglik.gaussian_loglik_row
-        if checked:
-            bernoulli_row = loglik.bernoulli_loglik_row_checked
-        else:
-            plain_row = loglik.bernoulli_loglik_row
-
-            @jit
-            def bernoulli_row(x_row, logit_row):
-                return plain_row(x_row, logit_row), False
+        bernoulli_row = loglik.bernoulli_loglik_row_checked
 
         @jit
         def forward_bernoulli_tiles(counter, n_tiles, elbo, bad, x, logits, mu, logvar, beta,
@@ -306,7 +330,12 @@ def _numba_parts():
                                - beta * kl_row(mu[n], logvar[n]))
                 last = fetch_add(counter, 1, 1) == n_tiles - 1
 
-        _compiled.update(numba=numba, types=types, E=E, checked=checked,
+        # no fast-math (see _iwae_tiles_py), cached as the kernels are
+        iwae_tiles = numba.njit(cache=True, nogil=True, error_model="numpy")(_iwae_tiles_py)
+        reparam_tiles = numba.njit(cache=True, nogil=True, error_model="numpy")(
+            _reparam_tiles_py)
+        _compiled.update(numba=numba, types=types, E=E, iwae_tiles=iwae_tiles,
+                         reparam_tiles=reparam_tiles,
                          forward_bernoulli_tiles=forward_bernoulli_tiles,
                          forward_gaussian_tiles=forward_gaussian_tiles)
     return _compiled
@@ -316,10 +345,179 @@ def _good_beta(beta):
     return beta >= 0.0 and beta < np.inf
 
 
+# ---------------------------------------------------------------------------------------------
+# IWAE: fastvae/cpu/iwae.py's log_weight_forward + logsumexp (+ iwae_backward +
+# log_weight_backward) by tiles of log_weight_backward's row blocks
+# ---------------------------------------------------------------------------------------------
+IWAE_OPS = ("iwae_loss", "iwae_grads")
+# no fast-math here: the few operations of this loop itself keep their IEEE order (-0.5 (d
+# log 2 pi + sum lv), the estimate's roundings); the row functions it calls keep their own flags
+
+def _iwae_tiles_py(counter, n_tiles, rows, dlogw, ddec, dmu, dlv, partial, dloss, x, dec, mu,
+                   logvar, sigma, eps, inv_var, consts, gaussian, grads, logk):
+    # Tile b = rows b n / B .. (b + 1) n / B (B = n_tiles, log_weight_backward's blocks). Per row:
+    # logw_nk = _log_weight_pair (log_weight_forward_kernel's pairs), lse64 = _lse_row
+    # (logsumexp_forward_kernel), rows_n = -(dtype(float64(dtype(lse64)) - log K)) (iwae_forward);
+    # with grads, dlogw_n = _softmax_row(-dloss_n) (logsumexp_backward_kernel); then the block's
+    # _log_weight_backward_rows into its partial row. -> True if a Bernoulli x was outside [0, 1].
+    n, k = dec.shape[0], dec.shape[1]
+    logw = np.empty(k, dtype=x.dtype)
+    bad = False
+    while True:
+        b = fetch_add(counter, 0, 1)
+        if b >= n_tiles:
+            return bad
+        d = x.shape[1]
+        gauss_const = -0.5 * (d * LOG_2PI + consts[0]) if gaussian else 0.0
+        start, stop = b * n // n_tiles, (b + 1) * n // n_tiles
+        for i in range(start, stop):
+            for j in range(k):
+                logw[j], pair_bad = I._log_weight_pair(x, dec, mu, logvar, sigma, eps, inv_var,
+                                                       gauss_const, gaussian, i, j)
+                bad |= pair_bad
+            lse64 = _lse_row(logw)
+            rows[i] = -x.dtype.type(np.float64(x.dtype.type(lse64)) - logk)
+            if grads:
+                _softmax_row(dlogw[i], -dloss[i], logw, lse64)
+        if grads:
+            I._log_weight_backward_rows(ddec, dmu, dlv, partial[b], dlogw, x, dec, mu, sigma, eps,
+                                        inv_var, gaussian, start, stop)
+        fetch_add(counter, 1, 1)
+
+
+def _make_iwae_cfunc(op, likelihood, dtype):
+    """The cfunc of ``iwae_loss`` (inputs x, dec_out, mu, logvar, eps[, dec_logvar]; output
+    rows (N,)) or ``iwae_grads`` (inputs dloss (N,), then those; outputs rows, dlogw (N, K),
+    ddec_out, dmu, dlogvar[, ddec_logvar (D,), reduced by the shim from the partial rows]).
+    0 ok, 1 a Bernoulli x outside [0, 1] (or the kernel raised)."""
+    P = _numba_parts()
+    numba, types = P["numba"], P["types"]
+    tiles = P["iwae_tiles"]
+    carray = numba.carray
+    sig = types.int64(types.CPointer(types.voidptr), types.CPointer(types.int64),
+                      types.CPointer(types.int64))
+    gaussian = likelihood == "gaussian"
+    grads = op == "iwae_grads"
+    xi = 1 if grads else 0
+    o = xi + (6 if gaussian else 5)          # the first output
+    max_blocks, per_block = I.MAX_BLOCKS, I.ROWS_PER_BLOCK
+
+    def body(bufs, dims, counter):
+        # nothing is read before a tile is claimed (a late helper claims none)
+        n, d = dims[4 * xi], dims[4 * xi + 1]
+        k, l = dims[4 * (xi + 1) + 1], dims[4 * (xi + 2) + 1]
+        b = max(1, min(max_blocks, (n + per_block - 1) // per_block))
+        x = carray(bufs[xi], (n, d), dtype)
+        dec = carray(bufs[xi + 1], (n, k, d), dtype)
+        mu, lv = carray(bufs[xi + 2], (n, l), dtype), carray(bufs[xi + 3], (n, l), dtype)
+        eps = carray(bufs[xi + 4], (n, k, l), dtype)
+        sigma = carray(bufs[16], (n, l), np.float64)
+        if gaussian:
+            inv_var = carray(bufs[18], (d,), dtype)
+            consts = carray(bufs[19], (1,), np.float64)
+        else:
+            inv_var = np.empty(0, dtype)
+            consts = np.zeros(1, np.float64)
+        rows = carray(bufs[o], (n,), dtype)
+        if grads:
+            dloss = carray(bufs[0], (n,), dtype)
+            dlogw = carray(bufs[o + 1], (n, k), dtype)
+            ddec = carray(bufs[o + 2], (n, k, d), dtype)
+            dmu, dlv = carray(bufs[o + 3], (n, l), dtype), carray(bufs[o + 4], (n, l), dtype)
+        else:
+            dloss = np.empty(0, dtype)
+            dlogw = np.empty((0, 0), dtype)
+            ddec = np.empty((0, 0, 0), dtype)
+            dmu, dlv = np.empty((0, 0), dtype), np.empty((0, 0), dtype)
+        if gaussian and grads:
+            partial = carray(bufs[17], (b, d), np.float64)
+        else:
+            partial = np.empty((b, 0), np.float64)
+        logk = math.log(np.float64(k))
+        try:
+            if tiles(carray(counter, (2,)), b, rows, dlogw, ddec, dmu, dlv, partial, dloss, x,
+                     dec, mu, lv, sigma, eps, inv_var, consts, gaussian, grads, logk):
+                return 1
+        except Exception:   # noqa: BLE001
+            return 1
+        return 0
+    return numba.cfunc(sig, nopython=True)(body)
+
+
+# ---------------------------------------------------------------------------------------------
+# reparameterize: fastvae/cpu/reparam.py's generated-noise kernels by its parallel pieces
+# ---------------------------------------------------------------------------------------------
+REPARAM_OPS = ("reparam_z", "reparam_dlogvar")
+
+
+def _reparam_tiles_py(counter, n_tiles, out, dz, mu, logvar, seed, offset, backward, piece,
+                      limit):
+    # Tile t = elements t piece .. of the flat arrays, as reparam_noise_*_parallel_kernel's
+    # pieces. seed, offset: (2,) uint32 (lo, hi) words. -> True if offset (or offset + size) is
+    # out of range (fastvae.ops raises), checked after a tile is claimed.
+    n = logvar.size
+    dmu = np.empty(min(piece, n), dtype=logvar.dtype)    # the backward's dmu, discarded
+    while True:
+        t = fetch_add(counter, 0, 1)
+        if t >= n_tiles:
+            return False
+        k0, k1 = np.uint64(seed[0]), np.uint64(seed[1])
+        off = np.uint64(offset[0]) | (np.uint64(offset[1]) << np.uint64(32))
+        if off >= np.uint64(limit) or off + np.uint64(n) >= np.uint64(limit):
+            fetch_add(counter, 1, 1)
+            return True
+        lo = t * piece
+        hi = min(lo + piece, n)
+        first = np.int64(off) + lo
+        if backward:
+            R.reparam_noise_backward_kernel(dmu[:hi - lo], out[lo:hi], dz[lo:hi], logvar[lo:hi],
+                                            k0, k1, first)
+        else:
+            R.reparam_noise_forward_kernel(out[lo:hi], mu[lo:hi], logvar[lo:hi], k0, k1, first)
+        fetch_add(counter, 1, 1)
+
+
+def _make_reparam_cfunc(op, dtype):
+    """``reparam_z``: inputs mu, logvar (N, L), seed, offset (2,) uint32; output z.
+    ``reparam_dlogvar``: inputs dz, mu, logvar, seed, offset; output dlogvar. 0 ok, 1 a bad
+    offset or the kernel raised."""
+    P = _numba_parts()
+    numba, types = P["numba"], P["types"]
+    tiles = P["reparam_tiles"]
+    carray = numba.carray
+    sig = types.int64(types.CPointer(types.voidptr), types.CPointer(types.int64),
+                      types.CPointer(types.int64))
+    backward = op == "reparam_dlogvar"
+    b0 = 1 if backward else 0
+    piece, limit = R.PARALLEL_PIECE, INDEX_LIMIT
+
+    def body(bufs, dims, counter):
+        n = dims[4 * b0] * dims[4 * b0 + 1]
+        mu = carray(bufs[b0], (n,), dtype)
+        lv = carray(bufs[b0 + 1], (n,), dtype)
+        seed = carray(bufs[b0 + 2], (2,), np.uint32)
+        offset = carray(bufs[b0 + 3], (2,), np.uint32)
+        out = carray(bufs[b0 + 4], (n,), dtype)
+        dz = carray(bufs[0], (n,), dtype)
+        n_tiles = max(1, (n + piece - 1) // piece)
+        try:
+            if tiles(carray(counter, (2,)), n_tiles, out, dz, mu, lv, seed, offset, backward,
+                     piece, limit):
+                return 1
+        except Exception:   # noqa: BLE001
+            return 1
+        return 0
+    return numba.cfunc(sig, nopython=True)(body)
+
+
 def _make_cfunc(op, likelihood, dtype):
     """A Numba cfunc ``int64(void** bufs, int64* dims, int64* counter)`` running the op's tile
     loop over XLA's buffers (layout: fastvae/xla/fastvae_ffi.cc). 0 ok, 1 the kernel raised, 2
     a bad beta."""
+    if op in IWAE_OPS:
+        return _make_iwae_cfunc(op, likelihood, dtype)
+    if op in REPARAM_OPS:
+        return _make_reparam_cfunc(op, dtype)
     P = _numba_parts()
     numba, types, E = P["numba"], P["types"], P["E"]
     carray = numba.carray
@@ -327,8 +525,7 @@ def _make_cfunc(op, likelihood, dtype):
                       types.CPointer(types.int64))
     rows = E.ROW_TILE
     good_beta = numba.njit(_good_beta)
-    checked = P["checked"]
-    if op == "loss" and likelihood == "bernoulli" and P["checked"]:
+    if op == "loss" and likelihood == "bernoulli":
         tiles = E.elbo_bernoulli_loss_grads_tiles
 
         def body(bufs, dims, counter):
@@ -345,25 +542,6 @@ def _make_cfunc(op, likelihood, dtype):
             try:
                 tiles(carray(counter, (2,)), -(-n // rows), elbo, bad, ddec, dmu, dlv, x, dec, mu,
                       lv, -1.0 / n, beta, rows)
-            except Exception:   # noqa: BLE001
-                return 1
-            return 0
-    elif op == "loss" and likelihood == "bernoulli":
-        tiles = E.elbo_bernoulli_loss_grads_tiles
-
-        def body(bufs, dims, counter):
-            n, d, l = dims[4], dims[5], dims[13]
-            beta = np.float64(carray(bufs[0], (1,), dtype)[0])
-            if not good_beta(beta):
-                return 2
-            x, dec = carray(bufs[1], (n, d), dtype), carray(bufs[2], (n, d), dtype)
-            mu, lv = carray(bufs[3], (n, l), dtype), carray(bufs[4], (n, l), dtype)
-            ddec = carray(bufs[6], (n, d), dtype)
-            dmu, dlv = carray(bufs[7], (n, l), dtype), carray(bufs[8], (n, l), dtype)
-            elbo = carray(bufs[16], (n,), np.float64)
-            try:
-                tiles(carray(counter, (2,)), -(-n // rows), elbo, ddec, dmu, dlv, x, dec, mu, lv,
-                      -1.0 / n, beta, rows)
             except Exception:   # noqa: BLE001
                 return 1
             return 0
@@ -400,7 +578,7 @@ def _make_cfunc(op, likelihood, dtype):
             x, dec = carray(bufs[1], (n, d), dtype), carray(bufs[2], (n, d), dtype)
             mu, lv = carray(bufs[3], (n, l), dtype), carray(bufs[4], (n, l), dtype)
             elbo = carray(bufs[5], (n,), dtype)
-            bad = carray(bufs[19], (n,), np.bool_) if checked else np.zeros(n, np.bool_)
+            bad = carray(bufs[19], (n,), np.bool_)
             try:
                 tiles(carray(counter, (2,)), -(-n // rows), elbo, bad, x, dec, mu, lv, beta,
                       rows)
@@ -462,7 +640,7 @@ def _make_ctypes(op, likelihood, dtype):
     cfunc on fastvae's own pool (fastvae/_threads.py) over zero-copy views of XLA's buffers and
     of the shim's scratch (the shim then finishes the call as for the cfunc)."""
     P = _numba_parts()
-    E, checked = P["E"], P["checked"]
+    E = P["E"]
     spec = (op, likelihood, dtype.name)
     cached = {}
 
@@ -489,15 +667,15 @@ def _make_ctypes(op, likelihood, dtype):
             n, rows = x.shape[0], E.ROW_TILE
             if op == "loss" and likelihood == "bernoulli":
                 run_tiles(-(-n // rows), E.elbo_bernoulli_loss_grads_tiles, elbo,
-                          *([bad] if checked else []), outs[1], outs[2], outs[3], x, dec, mu, lv,
-                          -1.0 / n, beta, rows)
+                          bad, outs[1], outs[2], outs[3], x, dec, mu, lv, -1.0 / n, beta,
+                          rows)
             elif op == "loss":
                 run_tiles(partial.shape[0], E.elbo_gaussian_loss_grads_tiles, elbo, outs[1],
                           partial, outs[2], outs[3], x, dec, mu, lv, ins[5], inv_var, -1.0 / n,
                           beta)
             elif likelihood == "bernoulli":
                 run_tiles(-(-n // rows), P["forward_bernoulli_tiles"], outs[0],
-                          bad if checked else np.zeros(n, np.bool_), x, dec, mu, lv, beta, rows)
+                          bad, x, dec, mu, lv, beta, rows)
             else:
                 run_tiles(-(-n // rows), P["forward_gaussian_tiles"], outs[0], x, dec, mu, lv,
                           ins[5], inv_var, beta, rows)
@@ -511,6 +689,10 @@ def _explain(kid, bufs, dims, n_bufs, message, size):
     """The message of the error fastvae.ops raises on the inputs of a failed call."""
     try:
         op, likelihood, dtype = _SPECS[kid]
+        if op in IWAE_OPS:
+            return _explain_iwae(op, likelihood, dtype, bufs, dims, message, size)
+        if op in REPARAM_OPS:
+            return _explain_reparam(op, dtype, bufs, dims, message, size)
         ins, _ = _views((op, likelihood, dtype), bufs, dims, n_bufs)
         kwargs = dict(likelihood=likelihood, dec_logvar=ins[5] if likelihood == "gaussian"
                       else None, beta=float(ins[0]))
@@ -532,6 +714,59 @@ def _explain(kid, bufs, dims, n_bufs, message, size):
         return 1
 
 
+def _report(e, message, size):
+    text = "fastvae kernel failed, but fastvae.ops raised nothing on the same inputs"
+    if e is not None:
+        text = f"{type(e).__name__}: {e}"
+        last_error[0] = e
+        if _error_hook[0] is not None:
+            _error_hook[0](e)
+    data = text.encode("utf-8", "replace")[:size - 1] + b"\0"
+    ctypes.memmove(message, data, len(data))
+    return 0
+
+
+def _explain_iwae(op, likelihood, dtype, bufs, dims, message, size):
+    """The message of fastvae.ops.log_weight_forward's error on a failed IWAE call's inputs."""
+    xi = 1 if op == "iwae_grads" else 0
+    views = []
+    for i in range(xi, xi + (6 if likelihood == "gaussian" else 5)):
+        shape = tuple(dims[4 * i + j] for j in range(4))
+        shape = shape[:shape.index(0)] if 0 in shape else shape
+        views.append(_view(bufs[i], shape, np.dtype(dtype)))
+    err = None
+    try:
+        ops.log_weight_forward(*views[:5], likelihood=likelihood,
+                               dec_logvar=views[5] if likelihood == "gaussian" else None)
+    except Exception as e:   # noqa: BLE001
+        err = e
+    return _report(err, message, size)
+
+
+def _explain_reparam(op, dtype, bufs, dims, message, size):
+    """The message of fastvae.ops.reparam_forward's error on a failed reparam call's inputs."""
+    b0 = 1 if op == "reparam_dlogvar" else 0
+    shape = (dims[4 * b0], dims[4 * b0 + 1])
+    mu, lv = (_view(bufs[b0 + i], shape, np.dtype(dtype)) for i in range(2))
+    seed, offset = (_view(bufs[b0 + i], (2,), np.dtype(np.uint32)) for i in (2, 3))
+    err = None
+    try:
+        ops.reparam_forward(mu, lv, seed=int(seed[0]) | int(seed[1]) << 32,
+                            offset=int(offset[0]) | int(offset[1]) << 32)
+    except Exception as e:   # noqa: BLE001
+        err = e
+    return _report(err, message, size)
+
+
+def _reparam_ffi(op, arrays, out_type):
+    """Route ffi-numba: arrays = [dz for "reparam_dlogvar"], mu, logvar, seed, offset."""
+    mu = arrays[1 if op == "reparam_dlogvar" else 0]
+    kid = _kernel_id(op, "none", mu.dtype, "ffi-numba")
+    call = jax.ffi.ffi_call(TARGET, [out_type], vmap_method="sequential")
+    return call(*arrays, kernel=np.int64(kid), finish=np.int64(0), threads=np.int64(_threads()),
+                n_tiles=np.int64(_tiles(op, None, mu.size)))[0]
+
+
 # ---------------------------------------------------------------------------------------------
 # the JAX ops
 # ---------------------------------------------------------------------------------------------
@@ -548,6 +783,80 @@ def _ffi(route_name, op, likelihood, beta, arrays, out_types, reduction="mean"):
     return call(beta, *arrays, kernel=np.int64(kid), finish=np.int64(finish),
                 threads=np.int64(_threads() if route_name == "ffi-numba" else 1),
                 n_tiles=np.int64(_tiles(op, likelihood, n)))
+
+
+def _iwae_ffi(op, likelihood, arrays, out_types):
+    """Route ffi-numba, the IWAE ops: arrays = [dloss (N,) for "iwae_grads"], x, dec_out, mu,
+    logvar, eps[, dec_logvar], all of one float dtype."""
+    x = arrays[1 if op == "iwae_grads" else 0]
+    kid = _kernel_id(op, likelihood, x.dtype, "ffi-numba")
+    call = jax.ffi.ffi_call(TARGET, out_types, vmap_method="sequential")
+    return call(*arrays, kernel=np.int64(kid), finish=np.int64(_finish(op, likelihood)),
+                threads=np.int64(_threads()), n_tiles=np.int64(_tiles(op, likelihood,
+                                                                      x.shape[0])))
+
+
+def _iwae_out_types(op, arrays):
+    x, dec_out, mu = arrays[:3]
+    (n, k, _), dtype = dec_out.shape, x.dtype
+    out = [jax.ShapeDtypeStruct((n,), dtype)]
+    if op == "iwae_grads":
+        out += [jax.ShapeDtypeStruct((n, k), dtype), jax.ShapeDtypeStruct(dec_out.shape, dtype),
+                jax.ShapeDtypeStruct(mu.shape, dtype), jax.ShapeDtypeStruct(mu.shape, dtype)]
+        out += [jax.ShapeDtypeStruct(a.shape, dtype) for a in arrays[5:]]
+    return out
+
+
+def _iwae_host(op, likelihood):
+    """fastvae/jax.py's _host_iwae_loss / _host_iwae_loss_and_grads, on NumPy arrays."""
+    def host(*arrays):
+        arrays = [np.asarray(a) for a in arrays]
+        dloss, arrays = (arrays[0], arrays[1:]) if op == "iwae_grads" else (None, arrays)
+        logw, weight_cache = ops.log_weight_forward(
+            *arrays[:5], likelihood=likelihood,
+            dec_logvar=arrays[5] if likelihood == "gaussian" else None)
+        estimate, iwae_cache = ops.iwae_forward(logw)
+        if dloss is None:
+            return (-estimate,)
+        dlogw = ops.iwae_backward(-dloss, iwae_cache)
+        return (-estimate, dlogw, *ops.log_weight_backward(dlogw, weight_cache))
+    return host
+
+
+def _iwae_op(op, likelihood, route_name, dloss, arrays):
+    if likelihood not in ("bernoulli", "gaussian"):
+        raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")
+    if len(arrays) != (6 if likelihood == "gaussian" else 5):
+        raise ValueError("x, dec_out, mu, logvar, eps[, dec_logvar (gaussian only)] expected")
+    arrays = [jnp.asarray(a) for a in arrays]
+    out_types = _iwae_out_types(op, arrays)
+    ins = ([jnp.asarray(dloss)] if op == "iwae_grads" else []) + arrays
+    dtype = arrays[0].dtype
+    if dtype not in (jnp.float32, jnp.float64) or any(a.dtype != dtype for a in ins):
+        raise TypeError(f"all arrays must be of one float dtype (float32 or float64), got "
+                        f"{[str(a.dtype) for a in ins]}")
+    if (route_name or route()) == "pure_callback":
+        return tuple(jax.pure_callback(_iwae_host(op, likelihood), out_types, *ins,
+                                       vmap_method="sequential"))
+    if (route_name or route()) != "ffi-numba":
+        raise ValueError("the IWAE ops have the routes 'ffi-numba' and 'pure_callback'")
+    return tuple(_iwae_ffi(op, likelihood, ins, out_types))
+
+
+def iwae_loss_rows(x, dec_out, mu, logvar, eps, dec_logvar=None, *, likelihood="bernoulli",
+                   route_name=None):
+    """-> (N,) ``-(logsumexp_k logw_nk - log K)``: fastvae/jax.py's ``_host_iwae_loss``
+    (fastvae.ops.log_weight_forward + iwae_forward) as a JAX op, bit for bit."""
+    arrays = [x, dec_out, mu, logvar, eps] + ([dec_logvar] if dec_logvar is not None else [])
+    return _iwae_op("iwae_loss", likelihood, route_name, None, arrays)[0]
+
+
+def iwae_loss_and_grads(dloss, x, dec_out, mu, logvar, eps, dec_logvar=None, *,
+                        likelihood="bernoulli", route_name=None):
+    """dloss (N,) -> (rows (N,), dlogw (N, K), ddec_out, dmu, dlogvar[, ddec_logvar]):
+    fastvae/jax.py's ``_host_iwae_loss_and_grads`` as a JAX op, bit for bit."""
+    arrays = [x, dec_out, mu, logvar, eps] + ([dec_logvar] if dec_logvar is not None else [])
+    return _iwae_op("iwae_grads", likelihood, route_name, dloss, arrays)
 
 
 def _arrays(beta, x, dec_out, mu, logvar, dec_logvar, likelihood):
@@ -668,13 +977,19 @@ def callback(host_fn, shapes, *args, fallback):
     Handled: a ``functools.partial`` binding ``likelihood`` (and optionally ``reduction``, "mean"
     or "sum"; "none" for _host_elbo_loss) of fastvae/jax.py's ``_host_elbo_loss_and_grads``,
     ``_host_elbo_loss`` and ``_host_elbo_forward``, args (beta, x, dec_out, mu, logvar[,
-    dec_logvar]) of one float dtype. Everything else (the per-row backward, iwae,
-    reparameterize) takes ``fallback``."""
+    dec_logvar]) of one float dtype; on route ffi-numba, ``_host_iwae_loss`` (args x, dec_out,
+    mu, logvar, eps[, dec_logvar]) and ``_host_iwae_loss_and_grads`` (dloss (N,) first),
+    ``_host_z`` (mu, logvar, seed, offset: (2,) uint32 words) and ``_host_dlogvar`` (dz first).
+    Everything else (the per-row ELBO backward) takes ``fallback``."""
     route_name = route()
     fn = getattr(host_fn, "func", host_fn)
     kw = getattr(host_fn, "keywords", None) or {}
     name = getattr(fn, "__name__", "")
     likelihood, reduction = kw.get("likelihood"), kw.get("reduction", "mean")
+    if name in ("_host_iwae_loss", "_host_iwae_loss_and_grads"):
+        return _iwae_callback(name, route_name, likelihood, kw, shapes, host_fn, args, fallback)
+    if name in ("_host_z", "_host_dlogvar"):
+        return _reparam_callback(name, route_name, kw, shapes, host_fn, args, fallback)
     ok = (route_name != "pure_callback" and likelihood in ("bernoulli", "gaussian")
           and jax.default_backend() == "cpu"      # the target is registered for the CPU only
           and set(kw) <= {"likelihood", "reduction"}
@@ -701,3 +1016,37 @@ def callback(host_fn, shapes, *args, fallback):
         out_types = [jax.ShapeDtypeStruct((n,), dtype), jax.ShapeDtypeStruct((), dtype)]
         return (_ffi(route_name, "mean", likelihood, beta, arrays, out_types, reduction)[1],)
     return fallback(host_fn, shapes, *args)
+
+
+def _iwae_callback(name, route_name, likelihood, kw, shapes, host_fn, args, fallback):
+    """fastvae/jax.py's IWAE host functions on route ffi-numba (the others: ``fallback``)."""
+    op = "iwae_grads" if name == "_host_iwae_loss_and_grads" else "iwae_loss"
+    arrays = args[1:] if op == "iwae_grads" else args
+    dtype = getattr(args[0], "dtype", None)
+    ok = (route_name == "ffi-numba" and likelihood in ("bernoulli", "gaussian")
+          and jax.default_backend() == "cpu" and set(kw) == {"likelihood"}
+          and len(arrays) == (6 if likelihood == "gaussian" else 5)
+          and dtype in (jnp.float32, jnp.float64)
+          and all(getattr(a, "dtype", None) == dtype for a in args)
+          and [getattr(a, "ndim", -1) for a in arrays[:5]] == [2, 3, 2, 2, 3])
+    if not ok:
+        return fallback(host_fn, shapes, *args)
+    return tuple(_iwae_ffi(op, likelihood, list(args), _iwae_out_types(op, list(arrays))))
+
+
+def _reparam_callback(name, route_name, kw, shapes, host_fn, args, fallback):
+    """fastvae/jax.py's _host_z (mu, logvar, seed, offset) and _host_dlogvar (dz first), seed
+    and offset (2,) uint32 words, on route ffi-numba (the others: ``fallback``)."""
+    op = "reparam_dlogvar" if name == "_host_dlogvar" else "reparam_z"
+    floats, words = args[:-2], args[-2:]
+    dtype = getattr(floats[0], "dtype", None) if floats else None
+    ok = (route_name == "ffi-numba" and not kw and jax.default_backend() == "cpu"
+          and len(floats) == (3 if op == "reparam_dlogvar" else 2)
+          and dtype in (jnp.float32, jnp.float64)
+          and all(getattr(a, "dtype", None) == dtype and getattr(a, "ndim", -1) == 2
+                  and a.shape == floats[0].shape for a in floats)
+          and all(getattr(w, "dtype", None) == jnp.uint32 and getattr(w, "shape", None) == (2,)
+                  for w in words))
+    if not ok:
+        return fallback(host_fn, shapes, *args)
+    return (_reparam_ffi(op, list(args), jax.ShapeDtypeStruct(floats[0].shape, dtype)),)

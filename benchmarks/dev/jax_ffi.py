@@ -3,6 +3,16 @@
 tests/test_jax.py; plus the cost of an empty pure_callback and the bare kernel on NumPy arrays.
 
     .venv/bin/python benchmarks/dev/jax_ffi.py [N,D,L ...]      # default 128,784,20 4096,784,20
+    .venv/bin/python benchmarks/dev/jax_ffi.py --iwae [N,K,D,L ...]
+                                           # default 32,64,784,20 128,256,784,20
+
+--iwae: jitted value_and_grad (dec_out, mu, logvar) of fvj.iwae_loss (mean, Bernoulli) on its
+route (fastvae/_xla.py's ffi-numba where it builds) vs the same through jax.pure_callback vs the
+pure-jnp formula of tests/test_jax.py::jax_iwae_loss.
+    .venv/bin/python benchmarks/dev/jax_ffi.py --reparam [N,L ...]    # default 128,20 4096,20
+
+--reparam: jitted value_and_grad (mu, logvar) of sum(fvj.reparameterize(mu, logvar, key) * w) on
+its route vs through jax.pure_callback vs the jnp formula with jax.random.normal noise.
 
 float32, Bernoulli, beta = 1. Every contender is warmed up, then the contenders run interleaved:
 REPEATS rounds (default 21), each round times a block of calls of every contender (block sized to
@@ -106,14 +116,86 @@ def step_contenders(n, hidden=400, l=20, d=784):
     return out
 
 
+def jnp_iwae_loss(x, dec_out, mu, logvar, eps):
+    # tests/test_jax.py::jax_iwae_loss, Bernoulli, mean
+    log_2pi = float(np.log(2.0 * np.pi))
+    z = mu[:, None] + jnp.exp(logvar / 2)[:, None] * eps
+    log_pz = -0.5 * jnp.sum(z * z + log_2pi, axis=2)
+    log_qz = -0.5 * jnp.sum(log_2pi + logvar[:, None] + eps * eps, axis=2)
+    ll = jnp.sum(x[:, None] * dec_out - jnp.logaddexp(0.0, dec_out), axis=-1)
+    logw = ll + log_pz - log_qz
+    return jnp.mean(-(jax.scipy.special.logsumexp(logw, axis=1) - np.log(logw.shape[1])))
+
+
+def iwae_contenders(n, k, d, l):
+    rng = np.random.default_rng(0)
+    arrays = [rng.uniform(0.02, 0.98, (n, d)), rng.normal(0, 2, (n, k, d)),
+              rng.normal(0, 1, (n, l)), rng.normal(0, 1, (n, l)), rng.normal(0, 1, (n, k, l))]
+    jarrays = [jnp.asarray(a, jnp.float32) for a in arrays]
+    argnums = (1, 2, 3)
+    out = {"pure jnp": (jax.jit(jax.value_and_grad(jnp_iwae_loss, argnums=argnums)), jarrays)}
+    # fvj.iwae_loss traced with _callback = _pure_callback: the route before the FFI port
+    saved = fvj._callback
+    fvj._callback = fvj._pure_callback
+    fvj._iwae_fn.cache_clear()
+    try:
+        fn = jax.jit(jax.value_and_grad(fvj.iwae_loss, argnums=argnums))
+        block(fn, jarrays)                    # traced and compiled now, on pure_callback
+        out["fvj pure_callback"] = (fn, jarrays)
+    finally:
+        fvj._callback = saved
+        fvj._iwae_fn.cache_clear()
+    try:
+        from fastvae import _xla
+        name = f"fvj {_xla.route()}"
+    except ImportError:
+        name = "fvj"
+    out[name] = (jax.jit(jax.value_and_grad(fvj.iwae_loss, argnums=argnums)), jarrays)
+    return out
+
+
+def reparam_contenders(n, l):
+    rng = np.random.default_rng(0)
+    mu, logvar, w = (jnp.asarray(rng.normal(0, 1, (n, l)), jnp.float32) for _ in range(3))
+    key = jax.random.key(0)
+
+    def jnp_loss(mu, logvar, key):
+        eps = jax.random.normal(key, mu.shape, mu.dtype)
+        return jnp.sum((mu + jnp.exp(logvar / 2) * eps) * w)
+
+    def fvj_loss(mu, logvar, key):
+        return jnp.sum(fvj.reparameterize(mu, logvar, key=key) * w)
+    args = [mu, logvar, key]
+    out = {"pure jnp": (jax.jit(jax.value_and_grad(jnp_loss, argnums=(0, 1))), args)}
+    saved = fvj._callback
+    fvj._callback = fvj._pure_callback      # traced now, on pure_callback
+    try:
+        fn = jax.jit(jax.value_and_grad(fvj_loss, argnums=(0, 1)))
+        block(fn, args)
+        out["fvj pure_callback"] = (fn, args)
+    finally:
+        fvj._callback = saved
+    try:
+        from fastvae import _xla
+        name = f"fvj {_xla.route()}"
+    except ImportError:
+        name = "fvj"
+    out[name] = (jax.jit(jax.value_and_grad(fvj_loss, argnums=(0, 1))), args)
+    return out
+
+
 def block(fn, args):
     r = fn(*args)
     jax.block_until_ready(r)
 
 
 def main():
-    sizes = [tuple(int(v) for v in s.split(",")) for s in sys.argv[1:]] or [(128, 784, 20),
-                                                                            (4096, 784, 20)]
+    argv = sys.argv[1:]
+    iwae, reparam = "--iwae" in argv, "--reparam" in argv
+    argv = [a for a in argv if a not in ("--iwae", "--reparam")]
+    default = ([(32, 64, 784, 20), (128, 256, 784, 20)] if iwae else
+               [(128, 20), (4096, 20)] if reparam else [(128, 784, 20), (4096, 784, 20)])
+    sizes = [tuple(int(v) for v in s.split(",")) for s in argv] or default
     import numba
     print(f"jax {jax.__version__}, devices {jax.devices()}, fastvae.num_threads() = "
           f"{fastvae.num_threads() if hasattr(fastvae, 'num_threads') else '?'}, numba threads "
@@ -126,9 +208,16 @@ def main():
         print(f"fastvae._xla.route() = {_xla.route()}")
     except ImportError:
         pass
-    runs = [(f"(N, D, L) = ({n}, {d}, {l})", contenders(n, d, l), "pure jnp")
-            for n, d, l in sizes]
-    if os.environ.get("STEP", "1") != "0":
+    if reparam:
+        runs = [(f"reparameterize value_and_grad, (N, L) = {s}", reparam_contenders(*s),
+                 "pure jnp") for s in sizes]
+    elif iwae:
+        runs = [(f"iwae_loss value_and_grad, (N, K, D, L) = {s}", iwae_contenders(*s),
+                 "pure jnp") for s in sizes]
+    else:
+        runs = [(f"(N, D, L) = ({n}, {d}, {l})", contenders(n, d, l), "pure jnp")
+                for n, d, l in sizes]
+    if not (iwae or reparam) and os.environ.get("STEP", "1") != "0":
         runs.append(("VAE step 784-400-20, batch 128", step_contenders(128), "step: pure jnp"))
     for title, cs, base_name in runs:
         reps = {}

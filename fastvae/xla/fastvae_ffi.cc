@@ -26,6 +26,14 @@
 //      row fails the call (the explainer gives fastvae.ops's message)
 //   8  mean: output 1 = -np.mean(output 0, dtype=float64) rounded to the dtype (float32 rows
 //      summed in NumPy's 8192-element casting chunks)
+//   64 the IWAE layout (fastvae/cpu/iwae.py::log_weight_forward's setup): inputs (x, dec_out,
+//      mu, logvar, eps[, dec_logvar]), after one cotangent input when 128 is set too; scratch
+//      sigma (N, L) float64 = exp(0.5 * logvar) by NumPy's exp (slot 16); with 4: inv_var (D,)
+//      = exp(-dec_logvar) rounded to the dtype (slot 18) and sum(dec_logvar) in float64 by
+//      NumPy's pairwise sum (slot 19, (1,)); with 2: the partial (n_tiles, D) float64, zeroed
+//      (slot 17), reduced into the last output as for the ELBO
+// N, D: the first two dimensions of x (input 1 for the ELBO ops, beta coming first; input 0 or
+// 1 for the IWAE ones). With 2, ddec_logvar is the last output.
 #include <sched.h>
 
 #include <atomic>
@@ -63,7 +71,7 @@ void fv_set_exp_loop(void* loop, void* data) {
   g_exp_loop.store(reinterpret_cast<UfuncLoop>(loop));
 }
 void fv_set_explain(void* fn) { g_explain.store(reinterpret_cast<Explain>(fn)); }
-int64_t fv_abi_version() { return 1; }
+int64_t fv_abi_version() { return 2; }
 
 // NumPy's pairwise summation of a contiguous float64 array (numpy/_core/src/umath/
 // loops_utils.h.src, PW_BLOCKSIZE 128), as np.add.reduce runs it: 0.0 + pairwise(a).
@@ -91,6 +99,9 @@ double fv_numpy_sum(const double* a, int64_t n) { return 0.0 + pairwise(a, n); }
 
 namespace {
 
+// Floating-point environment: the caller's (XLA's CPU threads flush denormals, FTZ/DAZ, as they
+// do for the pure_callback route's host calls): so the two routes agree bit for bit; fastvae.ops
+// called on a NumPy thread keeps denormals, and differs from both where a value is denormal.
 struct Phase {
   TileLoop fn;
   std::vector<void*> bufs;
@@ -99,10 +110,15 @@ struct Phase {
   alignas(64) std::atomic<int64_t> inside{0};
   std::atomic<int64_t> status{0};
 
-  void join() {
+  // A helper that arrives after the handler returned must not touch XLA's buffers: it counts
+  // itself in first and runs the loop only while tiles are left. The handler returns after its
+  // own loop found none left and `inside` read 0, so a later arrival sees no tile left.
+  void join(int64_t n_tiles) {
     inside.fetch_add(1);
-    int64_t r = fn(bufs.data(), dims.data(), counter);
-    if (r != 0) status.store(r);
+    if (__atomic_load_n(&counter[0], __ATOMIC_SEQ_CST) < n_tiles) {
+      int64_t r = fn(bufs.data(), dims.data(), counter);
+      if (r != 0) status.store(r);
+    }
     inside.fetch_sub(1);
   }
 };
@@ -145,16 +161,72 @@ ffi::Error Call(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRet
       add(nullptr, ffi::Span<const int64_t>(zero, 0), ffi::DataType::F64);
   };
   // scratch
-  std::vector<double> elbo, partial, inv_var;
-  // N, D: the first two dimensions of input 1 (x) for the ELBO ops
-  int64_t N = n_in > 1 ? phase->dims[4 * 1] : 0, D = n_in > 1 ? phase->dims[4 * 1 + 1] : 0;
+  std::vector<double> elbo, partial, inv_var, sigma, consts;
+  std::vector<float> inv_var32;
+  const bool iwae = (finish & 64) != 0;
+  const size_t xi = iwae ? ((finish & 128) ? 1 : 0) : 1;   // x
+  if (n_in <= xi) return ffi::Error::InvalidArgument("fastvae_call: x missing");
+  int64_t N = phase->dims[4 * xi], D = phase->dims[4 * xi + 1];
+  UfuncLoop exp_loop = g_exp_loop.load();
+  auto numpy_exp = [&](double* a, int64_t n) {   // in place
+    if (exp_loop != nullptr) {
+      char* uargs[2] = {reinterpret_cast<char*>(a), reinterpret_cast<char*>(a)};
+      intptr_t udims[1] = {(intptr_t)n};
+      intptr_t steps[2] = {8, 8};
+      exp_loop(uargs, udims, steps, g_exp_data);
+    } else {
+      for (int64_t i = 0; i < n; i++) a[i] = std::exp(a[i]);
+    }
+  };
+  auto as_double = [&](size_t i, int64_t k) {
+    const void* p = phase->bufs[i];
+    return types[i] == ffi::DataType::F32 ? (double)static_cast<const float*>(p)[k]
+                                          : static_cast<const double*>(p)[k];
+  };
+  if (iwae) {
+    const size_t lvi = xi + 3, dlvi = xi + 5;
+    if (n_in <= xi + 4) return ffi::Error::InvalidArgument("fastvae_call: IWAE inputs missing");
+    int64_t L = phase->dims[4 * lvi + 1];
+    sigma.resize(N * L);
+    for (int64_t i = 0; i < N * L; i++) sigma[i] = 0.5 * as_double(lvi, i);
+    numpy_exp(sigma.data(), N * L);
+    slot(16);
+    int64_t d2[2] = {N, L};
+    add(sigma.data(), ffi::Span<const int64_t>(d2, 2), ffi::DataType::F64);
+    if (finish & 2) {
+      slot(17);
+      partial.assign(n_tiles * D, 0.0);
+      int64_t p2[2] = {n_tiles, D};
+      add(partial.data(), ffi::Span<const int64_t>(p2, 2), ffi::DataType::F64);
+    }
+    if (finish & 4) {
+      if (n_in <= dlvi) return ffi::Error::InvalidArgument("fastvae_call: dec_logvar missing");
+      consts.assign(1, 0.0);
+      inv_var.resize(D);
+      for (int64_t d = 0; d < D; d++) inv_var[d] = as_double(dlvi, d);
+      consts[0] = fv_numpy_sum(inv_var.data(), D);      // float(np.sum(lv))
+      for (int64_t d = 0; d < D; d++) inv_var[d] = -inv_var[d];
+      numpy_exp(inv_var.data(), D);
+      slot(18);
+      int64_t d1[1] = {D};
+      if (types[dlvi] == ffi::DataType::F32) {           // .astype(x.dtype)
+        inv_var32.resize(D);
+        for (int64_t d = 0; d < D; d++) inv_var32[d] = (float)inv_var[d];
+        add(inv_var32.data(), ffi::Span<const int64_t>(d1, 1), ffi::DataType::F32);
+      } else {
+        add(inv_var.data(), ffi::Span<const int64_t>(d1, 1), ffi::DataType::F64);
+      }
+      int64_t c1[1] = {1};
+      add(consts.data(), ffi::Span<const int64_t>(c1, 1), ffi::DataType::F64);
+    }
+  }
   if (finish & 1) {
     slot(16);
     elbo.assign(N, 0.0);
     int64_t d1[1] = {N};
     add(elbo.data(), ffi::Span<const int64_t>(d1, 1), ffi::DataType::F64);
   }
-  if (finish & 6) {
+  if (!iwae && (finish & 6)) {
     size_t lv = 5;   // dec_logvar: (beta, x, dec, mu, logvar, dec_logvar)
     if (n_in <= lv) return ffi::Error::InvalidArgument("fastvae_call: dec_logvar missing");
     if (finish & 2) {
@@ -169,16 +241,7 @@ ffi::Error Call(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRet
     for (int64_t d = 0; d < D; d++)
       inv_var[d] = -(types[lv] == ffi::DataType::F32 ? (double)static_cast<const float*>(lv_data)[d]
                                                      : static_cast<const double*>(lv_data)[d]);
-    UfuncLoop loop = g_exp_loop.load();
-    if (loop != nullptr) {
-      char* uargs[2] = {reinterpret_cast<char*>(inv_var.data()),
-                        reinterpret_cast<char*>(inv_var.data())};
-      intptr_t udims[1] = {(intptr_t)D};
-      intptr_t steps[2] = {8, 8};
-      loop(uargs, udims, steps, g_exp_data);
-    } else {
-      for (int64_t d = 0; d < D; d++) inv_var[d] = std::exp(inv_var[d]);
-    }
+    numpy_exp(inv_var.data(), D);
     slot(18);
     int64_t d1[1] = {D};
     add(inv_var.data(), ffi::Span<const int64_t>(d1, 1), ffi::DataType::F64);
@@ -197,11 +260,9 @@ ffi::Error Call(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRet
   // the tile loop on `threads` threads
   int64_t helpers = std::min<int64_t>(threads, n_tiles) - 1;
   for (int64_t h = 0; h < helpers; h++) {
-    pool.Schedule([phase, n_tiles] {
-      if (__atomic_load_n(&phase->counter[0], __ATOMIC_SEQ_CST) < n_tiles) phase->join();
-    });
+    pool.Schedule([phase, n_tiles] { phase->join(n_tiles); });
   }
-  phase->join();
+  phase->join(n_tiles);
   while (phase->inside.load() != 0) sched_yield();
 
   int64_t status = phase->status.load();
@@ -223,6 +284,7 @@ ffi::Error Call(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRet
   }
 
   if (finish & 1) {
+    // the loss is output 0
     double loss = -fv_numpy_sum(elbo.data(), N) / (double)N;
     if (finish & 16) loss = loss * (double)N;   // fastvae/jax.py: loss * n
     void* out = phase->bufs[n_in];
@@ -249,7 +311,7 @@ ffi::Error Call(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRet
   }
   if (finish & 2) {
     // (-0.5 * partial.sum(axis=0)).astype(dtype): rows added in order, from 0.0
-    size_t out_lv = n_in + 4;
+    size_t out_lv = n_in + rets.size() - 1;   // the last output
     void* out = phase->bufs[out_lv];
     int64_t B = n_tiles;
     for (int64_t d = 0; d < D; d++) {
