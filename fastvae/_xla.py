@@ -68,14 +68,11 @@ import jax.numpy as jnp
 from . import ops
 from ._threads import num_threads, run_tiles
 from .cpu import elbo as E
-from .cpu import loglik
 from .cpu._atomic import fetch_add
-from .cpu._numba import jit
 from .cpu import iwae as I
 from .cpu import reparam as R
 from ._reference import INDEX_LIMIT
 from .cpu.elbo import ROW_TILE
-from .cpu.kl import kl_row
 from .cpu.loglik import row_blocks
 from .cpu.logsumexp import _lse_row, _softmax_row
 from ._reference import LOG_2PI
@@ -296,48 +293,14 @@ def _numba_parts():
         import numba
         from numba import types
 
-        # the kernels flag rows with an x outside [0, 1] (fastvae/cpu/elbo.py::refuse_bad_x)
-        gaussian_loglik_row = loglik.gaussian_loglik_row
-        bernoulli_row = loglik.bernoulli_loglik_row_checked
-
-        @jit
-        def forward_bernoulli_tiles(counter, n_tiles, elbo, bad, x, logits, mu, logvar, beta,
-                                    rows):
-            # fastvae/cpu/elbo.py::elbo_bernoulli_forward_kernel, by tiles of `rows` rows; a
-            # Phase's work (fastvae/_threads.py): counter [claimed, done], True in the thread
-            # that completed the last tile
-            last = False
-            while True:
-                t = fetch_add(counter, 0, 1)
-                if t >= n_tiles:
-                    return last
-                for n in range(t * rows, min(x.shape[0], (t + 1) * rows)):
-                    ll, bad[n] = bernoulli_row(x[n], logits[n])
-                    elbo[n] = ll - beta * kl_row(mu[n], logvar[n])
-                last = fetch_add(counter, 1, 1) == n_tiles - 1
-
-        @jit
-        def forward_gaussian_tiles(counter, n_tiles, elbo, x, mean, mu, logvar, dec_logvar,
-                                   inv_var, beta, rows):
-            # fastvae/cpu/elbo.py::elbo_gaussian_forward_kernel, by tiles of `rows` rows
-            last = False
-            while True:
-                t = fetch_add(counter, 0, 1)
-                if t >= n_tiles:
-                    return last
-                for n in range(t * rows, min(x.shape[0], (t + 1) * rows)):
-                    elbo[n] = (gaussian_loglik_row(x[n], mean[n], dec_logvar, inv_var)
-                               - beta * kl_row(mu[n], logvar[n]))
-                last = fetch_add(counter, 1, 1) == n_tiles - 1
-
         # no fast-math (see _iwae_tiles_py), cached as the kernels are
         iwae_tiles = numba.njit(cache=True, nogil=True, error_model="numpy")(_iwae_tiles_py)
         reparam_tiles = numba.njit(cache=True, nogil=True, error_model="numpy")(
             _reparam_tiles_py)
         _compiled.update(numba=numba, types=types, E=E, iwae_tiles=iwae_tiles,
                          reparam_tiles=reparam_tiles,
-                         forward_bernoulli_tiles=forward_bernoulli_tiles,
-                         forward_gaussian_tiles=forward_gaussian_tiles)
+                         forward_bernoulli_tiles=E.elbo_bernoulli_forward_tiles,
+                         forward_gaussian_tiles=E.elbo_gaussian_forward_tiles)
     return _compiled
 
 

@@ -202,6 +202,38 @@ ROW_TILE = 32
 
 
 @jit
+def elbo_bernoulli_forward_tiles(counter, n_tiles, elbo, bad, x, logits, mu, logvar, beta,
+                                 tile_rows):
+    # as elbo_bernoulli_forward_kernel, tile t = rows t * tile_rows .. (a Phase's work,
+    # fastvae/_threads.py: counter [claimed, done]; True in the thread that did the last tile).
+    # Run by fastvae/_xla.py on XLA's threads.
+    last = False
+    while True:
+        t = fetch_add(counter, 0, 1)
+        if t >= n_tiles:
+            return last
+        for n in range(t * tile_rows, min(x.shape[0], (t + 1) * tile_rows)):
+            ll, bad[n] = bernoulli_loglik_row_checked(x[n], logits[n])
+            elbo[n] = ll - beta * kl_row(mu[n], logvar[n])
+        last = fetch_add(counter, 1, 1) == n_tiles - 1
+
+
+@jit
+def elbo_gaussian_forward_tiles(counter, n_tiles, elbo, x, mean, mu, logvar, dec_logvar,
+                                inv_var, beta, tile_rows):
+    # as elbo_gaussian_forward_kernel, by tiles (see elbo_bernoulli_forward_tiles)
+    last = False
+    while True:
+        t = fetch_add(counter, 0, 1)
+        if t >= n_tiles:
+            return last
+        for n in range(t * tile_rows, min(x.shape[0], (t + 1) * tile_rows)):
+            elbo[n] = (gaussian_loglik_row(x[n], mean[n], dec_logvar, inv_var)
+                       - beta * kl_row(mu[n], logvar[n]))
+        last = fetch_add(counter, 1, 1) == n_tiles - 1
+
+
+@jit
 def elbo_bernoulli_loss_grads_tiles(counter, n_tiles, elbo, bad, dlogits, dmu, dlogvar, x,
                                     logits, mu, logvar, g, beta, tile_rows):
     # as elbo_bernoulli_loss_grads_kernel, tile t = rows t * tile_rows ..
